@@ -1,0 +1,46 @@
+"""Atomic file output: write to a temporary file in the target folder, fsync, then rename over the target.
+
+A crash or an error mid-write leaves the previous file (if any) untouched and no partial file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on error it is removed."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise UserError(f"cannot write {target}: {e.strerror or e}; choose a writable output path") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,126 @@
+"""Loading official SDT checkpoints (timm ``CheckpointSaver`` files) and our own, safely and strictly.
+
+Files are read with ``torch.load(weights_only=True)``: only tensors, plain containers and the globals in
+``SAFE_GLOBALS`` (what official checkpoints contain: an ``argparse.Namespace`` of training args, and numpy scalars)
+are accepted; any other pickled object is refused before it can run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .errors import CheckpointError
+from .model import MODEL_ARGS, SpikeDrivenTransformer
+
+SAFE_GLOBALS: list[Any] = [argparse.Namespace, np.dtype, np.core.multiarray.scalar,
+                           type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file into a dict without executing any pickled code outside the allowlist."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}; pass the path of a .pth/.pth.tar file")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        raise CheckpointError(f"refused to load {p}: it contains pickled objects outside the allowlist "
+                              f"({detail[:160]}); only load checkpoints from sources you trust") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {p}: file is corrupt or truncated ({msg[:160]})") from None
+    if isinstance(obj, Mapping) and not any(k in obj for k in ("state_dict", "state_dict_ema", "model")):
+        obj = {"state_dict": dict(obj)}  # a bare state_dict
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p} does not hold a checkpoint dict (found {type(obj).__name__})")
+    return dict(obj)
+
+
+def config_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The model config stored in a checkpoint: ours (``model_config``) or inferred from the official ``args``."""
+    if isinstance(ckpt.get("model_config"), Mapping):
+        return dict(ckpt["model_config"])
+    args = ckpt.get("args")
+    if args is None:
+        raise CheckpointError("checkpoint holds no model config and no training args; pass the config explicitly "
+                              "(e.g. load_checkpoint(path, config='cifar10_2_512'))")
+    from .config import model_kwargs  # official train.py argument names -> create_model kwargs
+
+    cfg = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return model_kwargs(cfg)
+
+
+def clean_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Strip DDP's leading ``module.`` as timm's ``clean_state_dict`` does."""
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise a CheckpointError naming the first key that is missing, unexpected or of the wrong shape."""
+    expected = model.state_dict()
+    for k, v in expected.items():
+        if k not in state:
+            raise CheckpointError(f"{source}: missing key {k!r} (shape {tuple(v.shape)}); "
+                                  "the checkpoint is for a different model config")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source}: key {k!r} has shape {tuple(state[k].shape)}, model expects "
+                                  f"{tuple(v.shape)}; the checkpoint is for a different model config")
+    for k in state:
+        if k not in expected:
+            raise CheckpointError(f"{source}: unexpected key {k!r}; the checkpoint is for a different model config")
+
+
+def load_checkpoint(path: str | os.PathLike, config: str | Mapping[str, Any] | None = None, use_ema: bool = False,
+                    **overrides: Any) -> SpikeDrivenTransformer:
+    """Build the model a checkpoint describes and load its weights strictly; returns it in eval mode.
+
+    ``config`` (a named config, a YAML path or a kwargs dict) overrides what the file says; ``overrides`` are
+    extra ``create_model`` kwargs (e.g. ``neuron_backend='cupy'``). ``use_ema`` picks ``state_dict_ema``.
+    """
+    from . import create_model
+
+    ckpt = read_checkpoint(path)
+    if config is None:
+        kwargs = config_from_checkpoint(ckpt)
+    elif isinstance(config, Mapping):
+        kwargs = dict(config)
+    else:
+        from .config import load_config, model_kwargs
+
+        kwargs = model_kwargs(load_config(config))
+    kwargs.update(overrides)
+    key = "state_dict_ema" if use_ema else "state_dict"
+    if key not in ckpt:
+        raise CheckpointError(f"{path}: no {key!r} in the checkpoint (keys: {', '.join(sorted(ckpt))[:120]})")
+    state = clean_state_dict(ckpt[key])
+    try:
+        model = create_model(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model config in checkpoint: {e}") from None
+    check_state_dict(model, state, source=str(path))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def save_checkpoint(path: str | os.PathLike, model: SpikeDrivenTransformer, **extra: Any) -> None:
+    """Atomically save ``model`` with its full config (``model_config``) plus any ``extra`` entries."""
+    unwrapped = getattr(model, "module", model)
+    payload = {"arch": "sdt", "version": 2, "model_config": dict(unwrapped.model_config),
+               "state_dict": unwrapped.state_dict(), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+__all__ = ["SAFE_GLOBALS", "read_checkpoint", "config_from_checkpoint", "clean_state_dict", "check_state_dict",
+           "load_checkpoint", "save_checkpoint", "MODEL_ARGS"]

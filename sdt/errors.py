@@ -1,0 +1,31 @@
+"""User-facing errors: one line that names the problem and the fix; CLIs print them without a traceback."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """Bad input from the user (a file, a flag, a dataset); the message is shown as-is, on one line."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be loaded (missing, corrupt, unsafe, or not matching the model)."""
+
+
+def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap a CLI ``main`` so user errors print ``error: ...`` on one line and exit with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return int(main(*args, **kwargs) or 0)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper

@@ -1,0 +1,1 @@
+"""Command-line tools and scripts of the SDT toolchain (the demo pipeline and helpers)."""
