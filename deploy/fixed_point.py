@@ -1,7 +1,7 @@
 """Vectorised NumPy reference of Lava 0.10's fixed-point ("fixed_pt" / "bit_accurate_loihi") Dense and LIF models.
 
-Semantics follow ``docs``-level facts in ``nir_lava_semantics.md`` §4.2–§4.3 and were checked bit-exactly against a
-running Lava (``tests/test_fixed_point.py``). Summary, per time step (Lava's time starts at 1):
+Semantics follow ``nir_lava_semantics.md`` §4.2–§4.3 (Lava 0.10 ``PyLifModelBitAcc`` / ``PyDenseModelBitAcc``) and are
+checked bit-exactly against a running Lava (``tests/test_fixed_point.py``). Per time step (Lava's time starts at 1):
 
 Dense (``PyDenseModelBitAcc``)
     weights are clipped by sign mode and their low bits truncated once (:func:`quantize_dense_weights`); each step the
@@ -60,7 +60,7 @@ def infer_sign_mode(weights: np.ndarray) -> SignMode:
 
 
 def _as_int64(x: np.ndarray | int, what: str) -> np.ndarray:
-    """Integer view of ``x``; refuse non-integral floats instead of silently truncating them as Lava's int32 cast does."""
+    """Integer view of ``x``; refuse non-integral floats rather than truncate them silently like Lava's int32 cast."""
     a = np.asarray(x)
     if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
         return a.astype(np.int64)
@@ -202,7 +202,7 @@ def lifreset_step(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One ``PyLifResetModelBitAcc`` step: zero u and v first if this (1-based) ``time_step`` is a reset step.
 
-    With ``reset_interval = 1`` every step resets, so the unit is a memoryless threshold: ``s = (a << 6) + b > vth << 6``.
+    With ``reset_interval = 1`` every step resets: a memoryless threshold unit, ``s = (a << 6) + b > vth << 6``.
     """
     if _is_reset_step(time_step, reset_interval, reset_offset):
         u = np.zeros_like(_as_int64(u, "u"))
@@ -212,7 +212,7 @@ def lifreset_step(
 
 @dataclass(frozen=True)
 class LIFParams:
-    """Parameters of a Lava ``LIF`` (or ``LIFReset`` when ``reset_interval`` is set), range-checked like Loihi's registers."""
+    """Parameters of a Lava ``LIF`` (``LIFReset`` if ``reset_interval`` is set), range-checked like Loihi's registers."""
 
     du: int
     dv: int

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from types import CodeType, ModuleType
 from typing import Sequence
 
-__all__ = ["LavaCompatError", "ensure_lava", "LAVA_NC_VERSION", "LAVA_DL_VERSION"]
+__all__ = ["LavaCompatError", "ensure_lava", "apply_edits", "LAVA_NC_VERSION", "LAVA_DL_VERSION"]
 
 LAVA_NC_VERSION = "0.10.0"
 LAVA_DL_VERSION = "0.6.0"
@@ -87,9 +87,10 @@ _MP_EDITS = (
 _SLAYER_EDITS = (
     # Adds three lines after line 15 (only ``__all__`` below it moves). ImportError: cv2/torchvision missing;
     # RuntimeError/OSError: a torchvision build whose C++ ops do not load next to this torch.
+    # The leading "\n" anchors the match at column 0, so the indented copy inside the fix never matches again.
     _Edit(
-        "from . import object_detection as obd\n",
-        "try:\n"
+        "\nfrom . import object_detection as obd\n",
+        "\ntry:\n"
         "    from . import object_detection as obd\n"
         "except (ImportError, RuntimeError, OSError):  # patched by deploy.lava_compat\n"
         "    obd = None\n",

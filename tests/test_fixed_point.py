@@ -1,4 +1,4 @@
-"""deploy.fixed_point: Lava 0.10 fixed-point Dense/LIF reference; golden vectors without Lava, bit-exact runs with it."""
+"""deploy.fixed_point: Lava 0.10 fixed-point Dense/LIF reference; golden vectors without Lava, bit-exact with it."""
 from __future__ import annotations
 
 import importlib.util

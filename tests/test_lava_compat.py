@@ -1,4 +1,4 @@
-"""deploy.lava_compat: Lava 0.10 imports and runs on Python 3.11 without touching site-packages, and fails loudly otherwise."""
+"""deploy.lava_compat: Lava 0.10 imports and runs on Python 3.11 without editing site-packages, else fails loudly."""
 from __future__ import annotations
 
 import glob
@@ -137,6 +137,7 @@ def test_source_edit_guard_fails_loudly():
 
 def test_all_edits_match_installed_sources():
     """Every registered edit applies to the installed files (catches a Lava upgrade before any import does)."""
+    ensure_lava()
     targets = dict(lava_compat._NC_TARGETS)
     if lava_compat._version("lava-dl") is not None:
         targets.update(lava_compat._DL_TARGETS)
@@ -144,7 +145,10 @@ def test_all_edits_match_installed_sources():
         parent, _, _ = name.rpartition(".")
         spec = importlib.machinery.PathFinder.find_spec(name, importlib.import_module(parent).__path__)
         src = Path(spec.origin).read_text()
-        assert lava_compat.apply_edits(src, edits, spec.origin) != src, name
+        patched = lava_compat.apply_edits(src, edits, spec.origin)
+        assert patched != src, name
+        assert lava_compat.apply_edits(patched, edits, spec.origin) == patched, f"{name}: edits are not idempotent"
+        compile(patched, spec.origin, "exec")
 
 
 def test_loader_ignores_and_never_writes_bytecode(tmp_path):
