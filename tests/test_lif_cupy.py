@@ -55,6 +55,8 @@ def _inputs(T: int, shape=(3, 7, 29), dtype=torch.float32, device="cpu", seed: i
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, *shape, generator=g, dtype=torch.float64) * 1.5 + 0.6  # fires often, but not always
     gs = torch.randn(T, *shape, generator=g, dtype=torch.float64)
+    # H[0] = X[0] k lands exactly on vth = 1.0 / 0.5 when k = 0.5 (tau=2, PLIF w=0): '>=' must fire there
+    x.view(T, -1)[0, :2] = torch.tensor([2.0, 1.0], dtype=torch.float64)
     return x.to(dtype=dtype, device=device), gs.to(dtype=dtype, device=device)
 
 
@@ -83,7 +85,7 @@ def _check_against_reference(fn, T: int, vth: float, plif: bool, tau: float, dev
 # ------------------------------------------------------------------------------------------------ (a) torch mirror
 @pytest.mark.parametrize("T,vth,plif,tau", CASES)
 def test_manual_bptt_matches_autograd_float32(T, vth, plif, tau):
-    _check_against_reference(lc.lif_multistep_manual_bptt, T, vth, plif, tau, "cpu", atol=1e-6, dk_rel=1e-6)
+    _check_against_reference(lc.lif_multistep_manual_bptt, T, vth, plif, tau, "cpu", atol=1e-6, dk_rel=1e-7)
 
 
 @pytest.mark.parametrize("plif", [False, True])
@@ -284,7 +286,7 @@ def _emulated(x_seq, decay, vth, alpha=ALPHA):
 @pytest.mark.parametrize("T,vth,plif,tau", [c for c in CASES if c[0] in (1, 4, 9)])
 def test_emulated_kernel_matches_autograd(emulator, monkeypatch, T, vth, plif, tau):
     monkeypatch.setattr(lc, "_LAUNCH", emulator)
-    _check_against_reference(_emulated, T, vth, plif, tau, "cpu", atol=1e-6, dk_rel=1e-6)
+    _check_against_reference(_emulated, T, vth, plif, tau, "cpu", atol=1e-6, dk_rel=1e-7)
     assert {c[0] for c in emulator.calls} == set(lc.KERNEL_NAMES)
 
 

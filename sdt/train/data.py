@@ -33,6 +33,7 @@ class Loaders:
     event: bool
     seed: int
     rank: int
+    val_size: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Re-seed the shuffling and the worker seeds for ``epoch``."""
@@ -123,7 +124,9 @@ def val_loader(ds: Dataset, batch_size: int, workers: int, info: DistInfo, pin: 
     """Sequential loader over this rank's share (``rank::world``, no padding, so summed metrics are exact)."""
     if info.distributed:
         ds = Subset(ds, range(info.rank, len(ds), info.world_size))  # type: ignore[arg-type]
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin, drop_last=False)
+    # a private generator: creating the iterator would otherwise draw from (and shift) the global torch RNG
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin, drop_last=False,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def build_loaders(args: argparse.Namespace, info: DistInfo, train: bool = True) -> Loaders:
@@ -147,7 +150,7 @@ def build_loaders(args: argparse.Namespace, info: DistInfo, train: bool = True) 
     val_dl = val_loader(val_ds, args.val_batch_size, args.workers, info, args.pin_mem)
     return Loaders(train=train_dl, val=val_dl, sampler=sampler, generator=gen, name=name,
                    num_classes=meta.num_classes, in_channels=meta.in_channels, event=meta.kind == "event",
-                   seed=int(args.seed), rank=info.rank)
+                   seed=int(args.seed), rank=info.rank, val_size=len(val_ds))
 
 
 def skip_batches(it: Iterator, n: int) -> Iterator:

@@ -4,6 +4,7 @@ One process without ``WORLD_SIZE`` in the environment runs undistributed; every 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -89,3 +90,12 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def weight_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over the parameter names and bytes, in registration order (equal digests = identical weights)."""
+    h = hashlib.sha256()
+    for name, p in getattr(model, "module", model).named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,131 @@
+"""Reference executor of the :class:`~export.graph.Graph`: batched torch over T steps, bit-exact with the model.
+
+Every backend is compared against this (and through it against ``sdt.observe``) node by node, under the shared node
+names. Nodes are evaluated one after another over the whole ``[T, B, ...]`` sequence (the graph is feed-forward, so
+this equals stepping time in the outer loop); stateless ops fold T into the batch exactly as the model does.
+"""
+from __future__ import annotations
+
+from typing import Callable, Collection, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from sdt.errors import UserError
+
+from . import kernels as K
+from .graph import Graph, Node
+
+Tensors = dict[str, torch.Tensor]
+
+
+def encode_input(x: torch.Tensor, shape: tuple[int, ...], T: int) -> torch.Tensor:
+    """Model input -> ``[T, B, C, H, W]``: ``[B,C,H,W]`` is repeated T times, ``[B,T,C,H,W]`` frames are transposed."""
+    if not isinstance(x, torch.Tensor):
+        raise UserError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 4 and tuple(x.shape[1:]) == shape:
+        return x.to(torch.float32).unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    if x.dim() == 5 and tuple(x.shape[2:]) == shape:
+        if x.shape[1] != T:
+            raise UserError(f"event input has {x.shape[1]} frames but the network runs T={T} steps")
+        return x.to(torch.float32).transpose(0, 1).contiguous()
+    raise UserError(f"input of shape {tuple(x.shape)} does not fit the network: expected [B,{','.join(map(str, shape))}]"
+                    f" (image, repeated T={T} times) or [B,{T},{','.join(map(str, shape))}] (event frames)")
+
+
+def _conv(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    p, a = node.params, node.attrs
+    w = torch.from_numpy(p["weight"].copy())
+    bias = torch.from_numpy(p["bias"].copy()) if "bias" in p else None
+    bn = (torch.from_numpy(p["bn_scale"].copy()), torch.from_numpy(p["bn_shift"].copy())) if "bn_scale" in p else None
+
+    def frame(z: torch.Tensor) -> torch.Tensor:
+        z = F.conv2d(z, w, bias, a["stride"], a["padding"], a.get("dilation", (1, 1)), a.get("groups", 1))
+        return K.channel_affine(z, *bn) if bn is not None else z
+
+    return lambda x: K.per_frame(frame, x)
+
+
+def _op(node: Node, graph: Graph) -> Callable[..., torch.Tensor]:
+    """A function of the node's input tensors (each ``[T, B, *shape]``)."""
+    op, a = node.op, node.attrs
+    if op == "conv2d":
+        return _conv(node)
+    if op == "linear":
+        w = torch.from_numpy(node.params["weight"].copy())
+        bias = torch.from_numpy(node.params["bias"].copy()) if "bias" in node.params else None
+        return lambda x: F.linear(x, w, bias)
+    if op == "lif":
+        decay = torch.tensor(a["decay"], dtype=torch.float32)
+        return lambda x: K.lif(x, decay, a["v_threshold"], v_reset=float(a.get("v_reset", 0.0)))
+    if op == "and":
+        return lambda p, q: p * q
+    if op == "add":
+        return lambda p, q: p + q
+    if op == "sum_tokens":
+        return lambda x: x.sum(dim=(3, 4), keepdim=True)
+    if op == "broadcast":
+        return lambda x: x.expand(*x.shape[:3], *a["grid"]).contiguous()
+    if op in ("maxpool_binary", "maxpool"):
+        return lambda x: K.per_frame(lambda z: F.max_pool2d(z, a["kernel_size"], a["stride"], a["padding"]), x)
+    if op == "avgpool":
+        return lambda x: K.per_frame(lambda z: F.avg_pool2d(z, a["kernel_size"], a["stride"], a["padding"]), x)
+    if op == "erode":
+        if a["mode"] == "spatial":
+            return K.erode_spatial
+        return lambda x: K.erode_heads(x, int(a["num_heads"]))
+    if op == "mean_tokens":
+        return lambda x: x.flatten(3).mean(3)  # the model's own reduction, same layout
+    if op == "output":
+        return lambda x: x
+    raise ValueError(f"no executor for op {op!r}")  # unreachable: Graph validates ops
+
+
+def run_graph(graph: Graph, x: torch.Tensor, record: bool | Collection[str] = False
+              ) -> tuple[torch.Tensor, Tensors]:
+    """Run ``graph`` on a batch. Returns ``(logits, tensors)``.
+
+    ``logits``: ``[B, classes]`` (mean over T), or ``[T, B, classes]`` for TET graphs. ``tensors``: each recorded
+    node's output as ``[T, B, *node.shape]`` (``record=True``: every node; a collection: those names).
+    """
+    wanted = set(n.name for n in graph) if record is True else set(record or ())
+    missing = wanted - set(n.name for n in graph)
+    if missing:
+        raise UserError(f"cannot record unknown node(s): {', '.join(sorted(missing))}")
+    users = {n.name: len(graph.consumers(n.name)) for n in graph}
+    values: Tensors = {}
+    out: Tensors = {}
+    with torch.no_grad():
+        for node in graph:
+            if node.op == "input":
+                y = encode_input(x, node.shape, graph.T)
+            else:
+                y = _op(node, graph)(*(values[i] for i in node.inputs))
+                for i in node.inputs:  # free intermediate results as soon as the last consumer ran
+                    users[i] -= 1
+                    if users[i] == 0 and i not in wanted:
+                        values.pop(i)
+            values[node.name] = y
+            if node.name in wanted:
+                out[node.name] = y
+    logits = values[graph.output.name]
+    if graph.output.attrs.get("reduce", "mean") == "mean":
+        logits = logits.mean(0)
+    return logits, out
+
+
+def hooks_in_graph_layout(graph: Graph, hooks: Mapping[str, torch.Tensor]) -> Tensors:
+    """The model's ``sdt.observe`` tensors renamed to graph node names and reshaped to ``[T, B, *node.shape]``."""
+    out: Tensors = {}
+    for hook, (name, layout) in graph.hooks.items():
+        if hook not in hooks:
+            continue
+        t = hooks[hook]
+        if layout == "heads":  # [T,B,h,N or 1,d] -> [T,B,C,H,W] (channel c = head * d + slot)
+            shape = graph.node(name).shape
+            t = t.permute(0, 1, 2, 4, 3).reshape(t.shape[0], t.shape[1], *shape)
+        out[name] = t
+    return out
+
+
+__all__ = ["run_graph", "encode_input", "hooks_in_graph_layout"]
