@@ -88,7 +88,8 @@ class _Builder:
         c, h, w = self.shapes[x]
         kh, kw = conv.kernel_size
         (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-        shape = (conv.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        shape = (conv.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                 (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
         return self.add(name, "conv2d", (x,), shape, f"{name}+{bn_name}", params, stride=(sh, sw), padding=(ph, pw),
                         dilation=(dh, dw), groups=conv.groups, bn=bn_name)
 

@@ -182,7 +182,7 @@ class Graph:
 
     @property
     def input(self) -> Node:
-        return self.nodes[0] if self.nodes[0].op == "input" else next(n for n in self.nodes if n.op == "input")
+        return next(n for n in self.nodes if n.op == "input")
 
     @property
     def output(self) -> Node:

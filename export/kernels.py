@@ -31,22 +31,18 @@ def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) ->
 
 
 def lif(x: torch.Tensor, decay: float | torch.Tensor, threshold: float | torch.Tensor, strict: bool = False,
-        v_reset: float | torch.Tensor = 0.0, record_v: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Multi-step LIF over dim 0: ``h = v + (x - v) * decay``; fire on ``h >= threshold`` (``h > threshold`` if
-    ``strict``, the NIR convention); hard reset to ``v_reset``. Returns spikes (and the post-reset membrane)."""
+        v_reset: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Multi-step LIF over dim 0, state 0 at t=0: ``h = v + (x - v) * decay``; fire on ``h >= threshold`` (on
+    ``h > threshold`` if ``strict``, the NIR convention); hard reset to ``v_reset``. Returns the spikes."""
     v = torch.zeros_like(x[0])
-    spikes, mem = [], []
+    spikes = []
     zero_reset = isinstance(v_reset, float) and v_reset == 0.0
     for t in range(x.shape[0]):
         h = v + (x[t] - v) * decay
-        s = (h > threshold) if strict else (h >= threshold)
-        s = s.to(x.dtype)
-        v = h * (1.0 - s) if zero_reset else torch.where(s.bool(), v_reset, h)  # same op as the model when v_reset=0
+        s = ((h > threshold) if strict else (h >= threshold)).to(x.dtype)
+        v = h * (1.0 - s) if zero_reset else torch.where(s.bool(), v_reset, h)  # the model's op when v_reset = 0
         spikes.append(s)
-        if record_v:
-            mem.append(v)
-    out = torch.stack(spikes)
-    return (out, torch.stack(mem)) if record_v else out
+    return torch.stack(spikes)
 
 
 def to_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -71,7 +67,8 @@ def erode_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return from_heads(erode_spatial(to_heads(x, num_heads)), tuple(x.shape[3:]))
 
 
-def sum_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+def sum_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+             padding: tuple[int, int]) -> torch.Tensor:
     """Sum over each window of a zero-padded ``[N, C, H, W]`` tensor (any padding)."""
     (kh, kw), (ph, pw) = kernel, padding
     if ph > kh // 2 or pw > kw // 2:  # avg_pool2d refuses padding over half the kernel

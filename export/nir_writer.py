@@ -22,6 +22,7 @@ arrays gzip-compressed, dense weights raw. ``engine="nir"`` calls ``nir.write`` 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -285,18 +286,36 @@ def to_nir(graph: Graph, *, fold_bn: bool = False, dt: float = DT) -> nir.NIRGra
 
 
 # --- serialisation -------------------------------------------------------------------------------------------------
-_DENSE_RAW_BYTES = 1 << 20  # dense arrays this large are stored raw: float weights barely compress and gzip is slow
+def _is_constant(a: np.ndarray) -> bool:
+    if a.ndim == 0 or a.size < 2 or a.flat[1] != a.flat[0]:  # cheap rejection for weights
+        return False
+    if all(s == 0 for s in a.strides):  # a broadcast scalar
+        return True
+    return bool(np.all(a == a.flat[0]))
+
+
+def _structured(a: np.ndarray) -> bool:
+    """Arrays worth compressing: broadcast views (per-channel LIF parameters) and mostly-zero ones (diagonal BN and
+    band convs). Dense weights are stored raw: gzip barely shrinks float weights and is slow."""
+    if a.ndim and 0 in a.strides:
+        return True
+    sample = a.reshape(-1)[:: max(1, a.size // 4096)]
+    return np.count_nonzero(sample) <= sample.size // 2
 
 
 def _write_array(group: h5py.Group, key: str, a: np.ndarray) -> None:
-    if a.ndim and a.size > 1 and np.all(a == a.flat[0]):
-        # a constant: stored as the dataset's fill value, no data written (reads back as a full array)
+    if _is_constant(a):
+        # stored as the dataset's fill value, no data written; HDF5 reads it back as the full array
         group.create_dataset(key, shape=a.shape, dtype=a.dtype, fillvalue=a.flat[0])
-    elif a.ndim == 0 or (a.nbytes >= _DENSE_RAW_BYTES and np.count_nonzero(a) > a.size // 2):
-        group.create_dataset(key, data=a, dtype=a.dtype)
-    else:
+    elif a.ndim and a.size > 16 and _structured(a):
+        per_row = a.size // a.shape[0] * a.itemsize
+        # chunks of whole channels (~64 KiB): per-channel constants then deflate to almost nothing, quickly
+        rows = min(a.shape[0], max(1, (64 << 10) // per_row))
+        chunks = (rows, *a.shape[1:]) if a.ndim > 1 and 0 in a.strides and per_row <= (4 << 20) else True
         group.create_dataset(key, data=np.ascontiguousarray(a), dtype=a.dtype, compression="gzip",
-                             compression_opts=4, shuffle=True)
+                             compression_opts=4, chunks=chunks)
+    else:
+        group.create_dataset(key, data=np.ascontiguousarray(a), dtype=a.dtype)
 
 
 def _write_dict(group: h5py.Group, d: dict[str, Any]) -> None:
@@ -314,6 +333,21 @@ def _write_dict(group: h5py.Group, d: dict[str, Any]) -> None:
             group.create_dataset(k, data=v)
 
 
+def node_dict(node: nir.NIRNode) -> dict[str, Any]:
+    """What ``node.to_dict()`` returns for a leaf node, without its deep copy of every array."""
+    d: dict[str, Any] = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
+                         if f.name not in ("input_type", "output_type")}
+    d["type"] = type(node).__name__
+    if isinstance(node, nir.Input):
+        d["shape"] = node.input_type["input"]
+    elif isinstance(node, nir.Output):
+        d["shape"] = node.output_type["output"]
+    elif isinstance(node, nir.Flatten):
+        d["input_type"] = node.input_type["input"]
+    d["metadata"] = dict(node.metadata or {})
+    return d
+
+
 def _write_node(group: h5py.Group, node: nir.NIRNode) -> None:
     if isinstance(node, nir.NIRGraph):  # never call NIRGraph.to_dict: it deep-copies every array twice
         _write_dict(group, {"type": "NIRGraph"})
@@ -324,7 +358,7 @@ def _write_node(group: h5py.Group, node: nir.NIRNode) -> None:
                              dtype=h5py.string_dtype())
         _write_dict(group, {"metadata": node.metadata})
     else:
-        _write_dict(group, node.to_dict())  # copies this node's arrays only
+        _write_dict(group, node_dict(node))
 
 
 def write_nir(graph: Graph, path: str | os.PathLike, *, fold_bn: bool = False, dt: float = DT,
@@ -344,4 +378,5 @@ def write_nir(graph: Graph, path: str | os.PathLike, *, fold_bn: bool = False, d
     return target
 
 
-__all__ = ["DT", "FORMAT", "EXTENSION_KEY", "to_nir", "write_nir", "nir_name", "strict_threshold", "tau_array"]
+__all__ = ["DT", "FORMAT", "EXTENSION_KEY", "to_nir", "write_nir", "nir_name", "strict_threshold", "tau_array",
+           "node_dict"]

@@ -29,8 +29,9 @@ def encode_input(x: torch.Tensor, shape: tuple[int, ...], T: int) -> torch.Tenso
         if x.shape[1] != T:
             raise UserError(f"event input has {x.shape[1]} frames but the network runs T={T} steps")
         return x.to(torch.float32).transpose(0, 1).contiguous()
-    raise UserError(f"input of shape {tuple(x.shape)} does not fit the network: expected [B,{','.join(map(str, shape))}]"
-                    f" (image, repeated T={T} times) or [B,{T},{','.join(map(str, shape))}] (event frames)")
+    dims = ",".join(map(str, shape))
+    raise UserError(f"input of shape {tuple(x.shape)} does not fit the network: expected [B,{dims}] (image, repeated "
+                    f"T={T} times) or [B,{T},{dims}] (event frames)")
 
 
 def _conv(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -46,7 +47,7 @@ def _conv(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: K.per_frame(frame, x)
 
 
-def _op(node: Node, graph: Graph) -> Callable[..., torch.Tensor]:
+def _op(node: Node) -> Callable[..., torch.Tensor]:
     """A function of the node's input tensors (each ``[T, B, *shape]``)."""
     op, a = node.op, node.attrs
     if op == "conv2d":
@@ -100,7 +101,7 @@ def run_graph(graph: Graph, x: torch.Tensor, record: bool | Collection[str] = Fa
             if node.op == "input":
                 y = encode_input(x, node.shape, graph.T)
             else:
-                y = _op(node, graph)(*(values[i] for i in node.inputs))
+                y = _op(node)(*(values[i] for i in node.inputs))
                 for i in node.inputs:  # free intermediate results as soon as the last consumer ran
                     users[i] -= 1
                     if users[i] == 0 and i not in wanted:

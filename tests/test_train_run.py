@@ -47,8 +47,8 @@ def test_torchrun_two_processes_keep_identical_weights(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed next to this python")
-    port = 29500 + os.getpid() % 1000
-    cmd = [str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(ROOT / "train.py"), *TINY,
+    # --standalone: a local rendezvous on a free port, so parallel runs cannot collide
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *TINY,
            "--epochs", "1", "-b", "16", "--output", str(tmp_path), "--experiment", "ddp"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

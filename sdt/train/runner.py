@@ -97,6 +97,41 @@ def _check_data(args: argparse.Namespace, loaders: Any) -> None:
                         f"{args.num_classes}; pass --num-classes {loaders.num_classes}")
 
 
+def restore(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+            scheduler: Any) -> tuple[int, StepState, dict[str, Any]]:
+    """Load ``--resume`` into the model (strict) and, unless ``--no-resume-opt``, optimizer, scaler, scheduler.
+
+    Returns ``(start_epoch, step state within it, the checkpoint dict)``.
+    """
+    path = resume_file(args.resume)
+    resumed = read_checkpoint(path)
+    resumed["_path"] = str(path)
+    cfg = resumed.get("model_config")
+    if isinstance(cfg, dict):
+        diff = [k for k, v in model.model_config.items() if k in cfg and cfg[k] != v]
+        if diff:
+            raise CheckpointError(f"--resume {path}: the checkpoint's model differs from the config in "
+                                  f"{', '.join(f'{k}={cfg[k]!r} (config {model.model_config[k]!r})' for k in diff)}")
+    load_weights(model, resumed["state_dict"], str(path))
+    start_epoch = int(resumed.get("next_epoch", int(resumed.get("epoch", -1)) + 1))
+    if args.no_resume_opt:
+        return start_epoch, StepState(), resumed
+    try:
+        if "optimizer" in resumed:
+            optimizer.load_state_dict(resumed["optimizer"])
+        if scaler is not None and "amp_scaler" in resumed:
+            scaler.load_state_dict(resumed["amp_scaler"])
+        if "scheduler" in resumed:
+            scheduler.load_state_dict(resumed["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"--resume {path}: its optimizer/scheduler state does not fit this run "
+                              f"({str(e).splitlines()[0][:120]}); pass --no-resume-opt to load the weights only"
+                              ) from None
+    start = StepState(step=int(resumed.get("next_step", 0)), loss_sum=float(resumed.get("train_loss_sum", 0.0)),
+                      count=int(resumed.get("train_count", 0)))
+    return start_epoch, start, resumed
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and train; returns the exit status."""
     args, warnings = parse_args(argv)
@@ -140,30 +175,11 @@ def _train(args: argparse.Namespace, warnings: list[str], info: D.DistInfo) -> i
     scaler = build_scaler(use_amp, info.device)
     scheduler, total_epochs = build_scheduler(optimizer, args)
 
-    start_epoch, start = 0, StepState()
-    resumed: dict[str, Any] | None = None
+    start_epoch, start, resumed = 0, StepState(), None
     if args.resume:
-        path = resume_file(args.resume)
-        resumed = read_checkpoint(path)
-        cfg = resumed.get("model_config")
-        if isinstance(cfg, dict):
-            diff = [k for k, v in model.model_config.items() if k in cfg and cfg[k] != v]
-            if diff:
-                raise CheckpointError(f"--resume {path}: the checkpoint's model differs from the config in "
-                                      f"{', '.join(f'{k}={cfg[k]!r} (config {model.model_config[k]!r})' for k in diff)}")
-        load_weights(model, resumed["state_dict"], str(path))
-        start_epoch = int(resumed.get("next_epoch", int(resumed.get("epoch", -1)) + 1))
-        if not args.no_resume_opt:
-            if "optimizer" in resumed:
-                optimizer.load_state_dict(resumed["optimizer"])
-            if scaler is not None and "amp_scaler" in resumed:
-                scaler.load_state_dict(resumed["amp_scaler"])
-            if "scheduler" in resumed:
-                scheduler.load_state_dict(resumed["scheduler"])
-            start = StepState(step=int(resumed.get("next_step", 0)),
-                              loss_sum=float(resumed.get("train_loss_sum", 0.0)),
-                              count=int(resumed.get("train_count", 0)))
-        log(info, f"resumed from {path} at epoch {start_epoch}" + (f", step {start.step}" if start.step else ""))
+        start_epoch, start, resumed = restore(args, model, optimizer, scaler, scheduler)
+        log(info, f"resumed from {resumed['_path']} at epoch {start_epoch}"
+                  + (f", step {start.step}" if start.step else ""))
     if args.start_epoch is not None:
         start_epoch, start = int(args.start_epoch), StepState()
 

@@ -1,0 +1,120 @@
+"""Counting overhead of the energy counter: a counted run against an uncounted run of the same model (target <= 1.1x).
+
+    python bench/energy.py                       # digits-size and CIFAR-size SDTs, CPU
+    python bench/energy.py --threads 1 --budget 60
+
+Rows per model: ``uncounted`` = the float graph executor alone (``run_graph``, nothing recorded); ``counted`` = the
+same run recording the counter's nodes plus ``EnergyCounter.count`` (what ``sdt-energy`` does per batch);
+``count only`` = the counter on already recorded tensors; ``model`` = the PyTorch forward for scale. Times are the
+best median over several passes. The overhead ``ratio`` is the median over *interleaved pairs* (uncounted, counted)
+run back to back, so that load from other processes on a shared machine hits both sides of each pair alike;
+``count/unc`` = count only / uncounted, the counter's own share.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import sdt  # noqa: E402
+from deploy.energy import EnergyCounter  # noqa: E402
+from export.from_model import build_graph  # noqa: E402
+from export.run_graph import run_graph  # noqa: E402
+
+MODELS = {
+    # the digits preset (train.py): 1 block x 64 dims at 16x16, batch 32
+    "digits 1-64 16x16": (dict(img_size_h=16, img_size_w=16, in_channels=1, num_classes=10, embed_dims=64,
+                               num_heads=8, depths=1, T=4, pooling_stat="0011"), 32),
+    # CIFAR-10 2-256 (official config shape) at 32x32, batch 8
+    "cifar10 2-256 32x32": (dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=256,
+                                 num_heads=16, depths=2, T=4, pooling_stat="0011"), 8),
+}
+
+
+def _model(cfg: dict) -> sdt.SpikeDrivenTransformer:
+    torch.manual_seed(0)
+    m = sdt.create_model(**cfg)
+    g = torch.Generator().manual_seed(0)
+    for mod in m.modules():  # weights that make every layer fire, as a trained model does
+        if isinstance(mod, torch.nn.Conv2d):
+            torch.nn.init.normal_(mod.weight, std=2.0 / mod.weight[0].numel() ** 0.5, generator=g)
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.bias.data = 0.5 + 0.3 * torch.randn(mod.num_features, generator=g)
+    return m.eval()
+
+
+def _best_median(fns: dict[str, Callable[[], object]], passes: int, budget_s: float) -> dict[str, float]:
+    per_block = budget_s / max(1, passes * len(fns))
+    best: dict[str, float] = {}
+    for _ in range(passes):
+        for k, fn in fns.items():
+            fn()  # warm-up
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < 3 or (time.perf_counter() - start < per_block and len(times) < 50):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            best[k] = min(best.get(k, float("inf")), statistics.median(times))
+    return best
+
+
+def _paired_ratio(a: Callable[[], object], b: Callable[[], object], budget_s: float) -> float:
+    """Median of t(b) / t(a) over back-to-back pairs (the order alternates to cancel cache effects)."""
+    ratios: list[float] = []
+    start = time.perf_counter()
+    while len(ratios) < 6 or (time.perf_counter() - start < budget_s and len(ratios) < 200):
+        first_a = len(ratios) % 2 == 0
+        times = {}
+        for k, fn in (("a", a), ("b", b)) if first_a else (("b", b), ("a", a)):
+            t0 = time.perf_counter()
+            fn()
+            times[k] = time.perf_counter() - t0
+        ratios.append(times["b"] / times["a"])
+    return statistics.median(ratios)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--budget", type=float, default=40.0, help="seconds of timing per model")
+    p.add_argument("--passes", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
+    print(f"{'model':24s} {'batch':>5s} {'model':>9s} {'uncounted':>10s} {'counted':>9s} {'count only':>10s} "
+          f"{'count/unc':>9s} {'ratio':>6s}")
+    worst = 0.0
+    for name, (cfg, batch) in MODELS.items():
+        model = _model(cfg)
+        graph = build_graph(model)
+        counter = EnergyCounter(graph)
+        x = torch.rand(batch, cfg["in_channels"], cfg["img_size_h"], cfg["img_size_w"])
+        with torch.inference_mode():
+            recorded = run_graph(graph, x, record=counter.required)[1]
+            fns = {
+                "model": lambda: model(x),
+                "uncounted": lambda: run_graph(graph, x),
+                "counted": lambda: counter.count(run_graph(graph, x, record=counter.required)[1]),
+                "count only": lambda: counter.count(recorded),
+            }
+            t = _best_median(fns, args.passes, args.budget / 2)
+            ratio = _paired_ratio(fns["uncounted"], fns["counted"], args.budget / 2)
+        worst = max(worst, ratio)
+        print(f"{name:24s} {batch:5d} {t['model'] * 1e3:7.1f}ms {t['uncounted'] * 1e3:8.1f}ms "
+              f"{t['counted'] * 1e3:7.1f}ms {t['count only'] * 1e3:8.1f}ms "
+              f"{t['count only'] / t['uncounted']:9.3f} {ratio:6.3f}")
+    print(f"worst counted / uncounted (median of pairs): {worst:.3f} (target <= 1.1)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

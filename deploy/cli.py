@@ -1,0 +1,196 @@
+"""``sdt-deploy``: run an SDT as an integer network (reference executor or Lava) and report float <-> integer agreement.
+
+    sdt-deploy output/train/<run>/model_best.pth.tar                 # quantise on the fly, the run's own test set
+    sdt-deploy model.intnet.npz --checkpoint model_best.pth.tar      # a saved network (sdt-export --to lava)
+    sdt-deploy model_best.pth.tar --backend lava --samples 16 -o lava.json
+
+INPUT is a checkpoint (quantised on the fly; ``--save-net`` keeps the network) or an integer network file. The float
+reference needs the checkpoint (INPUT or ``--checkpoint``); without it only the integer side is reported. The JSON
+report holds top-1 agreement, both accuracies, per-layer spike agreement and counts, overflow counters and timings;
+it is written atomically once everything ran, never partially.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from sdt.errors import UserError, cli_entry
+
+from .agreement import BACKENDS
+
+CALIB_SAMPLES = 64  # training-split inputs used to find the input grid (never the evaluated split)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"sdt-deploy: {message} (see sdt-deploy --help)")
+
+
+def _levels(s: str) -> int | None:
+    if s == "auto":
+        return None
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {s!r}") from None
+    if not 1 <= v <= 4095:
+        raise argparse.ArgumentTypeError(f"input levels must be in 1..4095, got {v}")
+    return v
+
+
+def _positive(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sdt-deploy", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("input", help="a checkpoint (.pth/.pth.tar) or an integer network (sdt-export --to lava)")
+    a("--backend", default="reference", choices=BACKENDS, help="integer executor")
+    a("--data", "--dataset", dest="data", help="data set (default: the one recorded in the checkpoint/network, "
+                                                "else digits)")
+    a("--data-dir", help="data folder (not needed for digits/fashion/mnist)")
+    a("--split", default="test", help="split to evaluate")
+    a("--samples", "-n", type=_positive, help="evaluate the first N samples (default: the whole split)")
+    a("-b", "--batch-size", type=_positive, default=64)
+    a("--checkpoint", help="float reference for an integer-network INPUT")
+    a("--weight-terms", type=_positive, default=2,
+      help="8-bit synapses per connection (2: a hi/lo pair, 16-bit effective weights; 1: a single 8-bit synapse)")
+    a("--input-levels", type=_levels, default=None, metavar="auto|L",
+      help="input grid: pixels -> 0..L; auto = the grid of the training inputs (255 if none fits)")
+    a("--save-net", help="also write the integer network quantised from a checkpoint INPUT")
+    a("--no-layers", action="store_true", help="skip per-layer spike agreement (faster)")
+    a("--output", "-o", help="JSON report (default: <input>.deploy-<backend>.json)")
+    a("--threads", type=_positive, help="torch / executor threads")
+    a("--progress", type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=True, help="progress bar")
+    return p
+
+
+def _is_intnet(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "netlist.json" in zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _dataset(name: str, data_dir: str | None, split: str, size: int, T: int) -> torch.utils.data.Dataset:
+    from sdt.data import dataset_info
+    from sdt.train.data import build_dataset, canonical_dataset
+
+    name = canonical_dataset(name)
+    info = dataset_info(name)
+    ns = argparse.Namespace(data_dir=data_dir if (info.needs_root or data_dir) else None, input_size=None,
+                            img_size=size, time_steps=T, crop_pct=None, mean=None, std=None)
+    return build_dataset(ns, name, split, train=False, size=size)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t_start = time.perf_counter()
+    src = Path(args.input)
+    if not src.is_file():
+        raise UserError(f"input not found: {src}; pass a checkpoint or an integer network file")
+    if args.backend == "lava" and importlib.util.find_spec("deploy.lava_net") is None:  # fail before any work
+        raise UserError("the lava backend needs deploy/lava_net.py, which this installation does not have; "
+                        "use --backend reference")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from export.from_model import build_graph
+
+    from .agreement import compare
+    from .intnet import load, save
+    from .quantize import QuantConfig, grid_inputs, load_model_and_normalization, quantize_graph
+
+    quant: dict[str, Any] | None = None
+    graph = None
+    net = None
+    t_q = 0.0
+    if _is_intnet(src):
+        net = load(src)
+        name = args.data or net.metadata.get("dataset") or "digits"
+        in_shape, T = tuple(net.populations[0].shape), net.T
+        if args.checkpoint:
+            model, norm, _ = load_model_and_normalization(args.checkpoint, net.metadata.get("dataset") or args.data)
+            graph = build_graph(model, normalization=norm)
+            if graph.T != net.T or tuple(graph.input.shape) != in_shape:
+                raise UserError(f"--checkpoint {args.checkpoint} does not match the network {src} "
+                                f"(T {graph.T} vs {net.T}, input {graph.input.shape} vs {in_shape})")
+        kind = "intnet"
+    else:
+        if args.checkpoint:
+            raise UserError("--checkpoint is for an integer-network INPUT; INPUT is already a checkpoint")
+        model, norm, recorded = load_model_and_normalization(src, args.data)
+        name = args.data or recorded or "digits"
+        graph = build_graph(model, normalization=norm)
+        in_shape, T = tuple(graph.input.shape), graph.T
+        kind = "checkpoint"
+
+    # the data first: a wrong data set fails here, before any quantisation work
+    ds = _dataset(name, args.data_dir, args.split, in_shape[-1], T)
+    if len(ds) == 0:
+        raise UserError(f"dataset {name} ({args.split}) is empty")
+    x0 = ds[0][0]
+    if tuple(x0.shape[-3:]) != in_shape:
+        raise UserError(f"dataset {name} gives inputs of shape {tuple(x0.shape)}, the network takes {in_shape}; "
+                        "pass the --data it was trained on")
+    if args.samples:
+        ds = torch.utils.data.Subset(ds, range(min(args.samples, len(ds))))
+
+    if net is None:
+        assert graph is not None
+        calib = None
+        if args.input_levels is None and graph.encoding == "repeat":  # the input grid, from the training split
+            calib = grid_inputs(name, in_shape[-1], T, args.data_dir, CALIB_SAMPLES)
+        t0 = time.perf_counter()
+        net, quant = quantize_graph(graph, QuantConfig(input_levels=args.input_levels, weight_terms=args.weight_terms),
+                                    {"dataset": name, "source": src.name}, calib)
+        t_q = time.perf_counter() - t0
+        if args.save_net:
+            save(net, args.save_net)
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=0)
+    result = compare(net, loader, graph=graph, backend=args.backend, progress=args.progress, total=len(loader),
+                     layers=not args.no_layers)
+    result["timings"]["quantize_s"] = round(t_q, 3)
+    result["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+    report: dict[str, Any] = {"input": str(src), "input_kind": kind, "dataset": name, "split": args.split,
+                              "encoding": dict(net.encoding), "decode": dict(net.decode), **result}
+    if quant is not None:
+        report["quantization"] = quant
+    if args.save_net:
+        report["saved_net"] = str(args.save_net)
+    out = Path(args.output) if args.output else src.with_name(src.name.split(".")[0] + f".deploy-{args.backend}.json")
+    from sdt.atomic import write_text
+
+    write_text(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
+    agree = f"  top1 agreement {result['top1_agreement']:.2f}%" if graph is not None else ""
+    ftop = f"  float top1 {result['float_top1']:.2f}" if result.get("float_top1") is not None else ""
+    itop = f"  int top1 {result['int_top1']:.2f}" if result.get("int_top1") is not None else ""
+    ov = result["overflow"]
+    print(f"{name} {args.split} ({args.backend}): {result['samples']} samples{ftop}{itop}{agree}  overflow "
+          f"{ov['u_wraps']}+{ov['v_clips']}  -> {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli_entry(run)(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""The exact operation counter: a pure function of (graph, per-node spike tensors) -> per-node, per-step, per-sample
+counts of every operation the intermediate graph performs, and of its memory traffic.
+
+Counting rules (``docs/energy.md`` has the formulas and why):
+
+* **Synaptic events** (``conv2d``, ``linear``): every active input (a spike, or a non-zero graded value) costs one
+  accumulate per *real* target: ``sum(x * fanout)`` with a precomputed fan-out map, so border positions of padded
+  convs are charged only for the output positions that exist. ``*_eff`` counts only targets whose weight is non-zero
+  (NeuroBench's effective ops); ``dense`` counts every input as active (NeuroBench's Dense). Binary inputs give ACs,
+  graded inputs (the image, DVS event counts) MACs. A conv on the *static* repeated image is counted at step 0 only,
+  because a deployment (and the integer executor) convolves a constant input once and reuses the current.
+* **Neurons** (``lif``): one update (leak, integrate, threshold compare) per neuron per step; a reset per spike.
+* **Attention**: ``and`` gates cost one evaluation per incoming spike event (``in_events``), ``sum_tokens`` one add per
+  incoming spike (the column sum), ``broadcast`` is free (its fan-out appears as events at the mask gate).
+* **Pooling**: ``maxpool_binary``/``erode`` cost one OR write per input spike per window containing it (``or_writes``)
+  and also report the dense window ``compares``; the real ``maxpool`` costs ``valid - 1`` compares per window.
+* **Membrane stream**: ``add`` one add per element; ``mean_tokens`` adds and one scaling multiply per output;
+  ``output`` one add per logit per step (the mean over T); BN/bias one add per conv output (``bias_adds``).
+* **Memory** (bytes, :class:`~deploy.energy.constants.ByteWidths`): weight reads per synaptic event, accumulator
+  read+write per synaptic event, membrane read+write per neuron per step, spike events written/read, graded tensors
+  written/read densely.
+
+Tensors are ``[T, B, *node.shape]`` (torch or NumPy, float/bool/int), keyed by graph node name: what
+``export.run_graph.run_graph(graph, x, record=counter.required)`` returns, or the integer executor's outputs mapped to
+node names. Only :attr:`EnergyCounter.required` nodes are read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from export.graph import Graph, Node
+from sdt.errors import UserError
+
+from .constants import INTNET_WIDTHS, ByteWidths
+
+SYNAPTIC = frozenset({"conv2d", "linear"})
+POOL_BINARY = frozenset({"maxpool_binary", "erode"})
+
+
+# ---------------------------------------------------------------------------------------------------- fan-out maps
+
+def _tap_valid(size_in: int, size_out: int, k: int, stride: int, pad: int, dil: int) -> np.ndarray:
+    """``[k, size_in]`` bool: tap ``j`` of some output position reads input ``i`` (``o*stride - pad + j*dil == i``)."""
+    v = np.zeros((k, size_in), dtype=bool)
+    o = np.arange(size_out)
+    for j in range(k):
+        i = o * stride - pad + j * dil
+        v[j, i[(i >= 0) & (i < size_in)]] = True
+    return v
+
+
+def window_fanout(in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                  padding: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis tap validity ``(vy [kh, H], vx [kw, W])``; the number of (output position, tap) pairs that read input
+    ``(y, x)`` is ``vy.sum(0)[y] * vx.sum(0)[x]`` (zero-padded positions read nothing)."""
+    vy = _tap_valid(in_hw[0], out_hw[0], kernel[0], stride[0], padding[0], dilation[0])
+    vx = _tap_valid(in_hw[1], out_hw[1], kernel[1], stride[1], padding[1], dilation[1])
+    return vy, vx
+
+
+def conv_fanout(node: Node, in_shape: tuple[int, ...], weight_mask: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(dense [C,H,W], effective [C,H,W], flops)`` of a ``conv2d``: targets per input position, all weights /
+    non-zero weights only; ``flops`` is the paper's ``k^2 * H_out * W_out * C_in/groups * C_out``."""
+    w = node.params["weight"]
+    cout, cin_g, kh, kw = w.shape
+    a = node.attrs
+    g = int(a.get("groups", 1))
+    c, h, wd = in_shape
+    vy, vx = window_fanout((h, wd), node.shape[1:], (kh, kw), a["stride"], a["padding"], a.get("dilation", (1, 1)))
+    spatial = np.outer(vy.sum(0), vx.sum(0)).astype(np.float64)
+    dense = np.broadcast_to(spatial * (cout // g), (c, h, wd)).copy()
+    nz = _nonzero_weights(node, weight_mask)  # [Cout, Cin/g, kh, kw]
+    # nnz[c, ky, kx]: non-zero weights input channel c meets at tap (ky, kx), over the output channels of its group
+    per_group = nz.reshape(g, cout // g, cin_g, kh, kw).sum(1).astype(np.float64)  # [g, Cin/g, kh, kw]
+    nnz = per_group.reshape(c, kh, kw)
+    eff = np.einsum("ckl,ky,lx->cyx", nnz, vy.astype(np.float64), vx.astype(np.float64))
+    flops = float(kh * kw * node.shape[1] * node.shape[2] * cin_g * cout)
+    return dense, eff, flops
+
+
+def linear_fanout(node: Node, weight_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(dense [in], effective [in], flops)`` of a ``linear`` node."""
+    w = node.params["weight"]
+    nz = _nonzero_weights(node, weight_mask)
+    return np.full(w.shape[1], float(w.shape[0])), nz.sum(0).astype(np.float64), float(w.shape[0] * w.shape[1])
+
+
+def _nonzero_weights(node: Node, weight_mask: np.ndarray | None) -> np.ndarray:
+    w = node.params["weight"]
+    if weight_mask is not None:
+        m = np.asarray(weight_mask) != 0
+        if m.shape != w.shape:
+            raise UserError(f"weight mask for {node.name!r} has shape {m.shape}, the weight {w.shape}")
+        return m
+    nz = w != 0
+    if "bn_scale" in node.params:  # a zero BN scale removes the whole output channel
+        nz = nz & (node.params["bn_scale"] != 0).reshape(-1, *([1] * (w.ndim - 1)))
+    return nz
+
+
+def pool_fanout(node: Node, in_shape: tuple[int, ...], num_heads: int | None = None) -> np.ndarray:
+    """Windows containing each input position of a max-pool / erode node, ``[C,H,W]``."""
+    c, h, w = in_shape
+    if node.op == "erode":
+        if node.attrs["mode"] == "spatial":
+            vy, vx = window_fanout((h, w), (h, w), (3, 3), (1, 1), (1, 1))
+            return np.broadcast_to(np.outer(vy.sum(0), vx.sum(0)), (c, h, w)).astype(np.float64)
+        # head layout [heads, N, d]: the window is tokens n+-1 (raster order) x slots j+-1 inside a head
+        heads = int(node.attrs["num_heads"])
+        d, n = c // heads, h * w
+        vn, vd = window_fanout((n, d), (n, d), (3, 3), (1, 1), (1, 1))
+        fan_nd = np.outer(vn.sum(0), vd.sum(0)).astype(np.float64)  # [N, d]
+        chan_slot = np.arange(c) % d
+        return fan_nd[:, chan_slot].T.reshape(c, h, w)
+    a = node.attrs
+    vy, vx = window_fanout((h, w), node.shape[1:], a["kernel_size"], a["stride"], a["padding"])
+    return np.broadcast_to(np.outer(vy.sum(0), vx.sum(0)), (c, h, w)).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------- results
+
+@dataclass
+class NodeCounts:
+    """Counts of one node: ``q[name]`` is a float64 array ``[T, N]`` (per step, per sample), exact integers."""
+
+    name: str
+    op: str
+    kind: str  # report category: mac/ac layer ('synaptic'), 'neuron', 'and', 'mask', 'colsum', 'pool', 'stream', ...
+    q: dict[str, np.ndarray]
+    spike_driven: frozenset[str] = frozenset()  # quantities proportional to spike counts (for the break-even rate)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def total(self, name: str) -> float:
+        """Sum over steps and samples (0 if the node has no such quantity)."""
+        a = self.q.get(name)
+        return float(a.sum()) if a is not None else 0.0
+
+
+@dataclass
+class Counts:
+    """Everything the counter measured: per node, per quantity, ``[T, N]`` arrays. ``N`` = samples."""
+
+    T: int
+    samples: int
+    nodes: dict[str, NodeCounts]
+    widths: ByteWidths
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def total(self, quantity: str, nodes: Iterable[str] | None = None) -> float:
+        """Sum of ``quantity`` over the given nodes (default all), steps and samples."""
+        names = self.nodes if nodes is None else nodes
+        return sum(self.nodes[n].total(quantity) for n in names)
+
+    def per_sample(self, quantity: str) -> np.ndarray:
+        """``[N]``: ``quantity`` summed over nodes and steps, for every sample."""
+        out = np.zeros(self.samples)
+        for nc in self.nodes.values():
+            if quantity in nc.q:
+                out += nc.q[quantity].sum(0)
+        return out
+
+    @staticmethod
+    def concat(parts: Sequence["Counts"]) -> "Counts":
+        """Join batches (same graph, same counter) along the sample axis."""
+        if not parts:
+            raise ValueError("no counts to join")
+        first = parts[0]
+        nodes = {}
+        for name, nc in first.nodes.items():
+            q = {k: np.concatenate([p.nodes[name].q[k] for p in parts], axis=1) for k in nc.q}
+            nodes[name] = NodeCounts(nc.name, nc.op, nc.kind, q, nc.spike_driven, dict(nc.attrs))
+        meta = dict(first.meta)
+        meta["input_binary"] = all(p.meta.get("input_binary", False) for p in parts)
+        return Counts(first.T, sum(p.samples for p in parts), nodes, first.widths, meta)
+
+    def drop(self, quantities: Iterable[str]) -> "Counts":
+        """A copy without the given quantities (e.g. a memory component, for a sensitivity figure)."""
+        gone = set(quantities)
+        nodes = {name: NodeCounts(nc.name, nc.op, nc.kind, {k: v for k, v in nc.q.items() if k not in gone},
+                                  nc.spike_driven - gone, dict(nc.attrs)) for name, nc in self.nodes.items()}
+        return Counts(self.T, self.samples, nodes, self.widths, dict(self.meta))
+
+    def scaled(self, factor: float) -> "Counts":
+        """A copy with every spike-driven quantity multiplied by ``factor`` (all firing rates scaled alike)."""
+        nodes = {}
+        for name, nc in self.nodes.items():
+            q = {k: (v * factor if k in nc.spike_driven else v) for k, v in nc.q.items()}
+            nodes[name] = NodeCounts(nc.name, nc.op, nc.kind, q, nc.spike_driven, dict(nc.attrs))
+        return Counts(self.T, self.samples, nodes, self.widths, dict(self.meta))
+
+
+# ---------------------------------------------------------------------------------------------------------- counter
+
+@dataclass
+class _Map:
+    """One weighted sum ``sum(X * map)`` over a ``[C, HW]`` source, stored in the cheapest exact form.
+
+    ``pos``: the map is the same for every channel (``vec [HW]``), so it is applied to the channel-summed tensor;
+    ``chan``: the same for every position (``vec [C]``), applied to the position-summed tensor; ``chan+border``: a
+    per-channel ``vec`` plus corrections ``corr [C, |P|]`` at the few positions ``P`` where the map differs (the
+    border of a padded conv); ``full``: anything else, one matrix-vector product."""
+
+    consumer: str
+    quantity: str
+    form: str
+    vec: torch.Tensor  # float64
+    idx: torch.Tensor | None = None
+    corr: torch.Tensor | None = None
+
+
+def _map_form(consumer: str, quantity: str, m: np.ndarray) -> _Map:
+    """Choose the cheapest exact form of the ``[C, HW]`` map ``m``."""
+    m = np.asarray(m, dtype=np.float64)
+    if (m == m[:1]).all():
+        return _Map(consumer, quantity, "pos", torch.from_numpy(m[0].copy()))
+    if (m == m[:, :1]).all():
+        return _Map(consumer, quantity, "chan", torch.from_numpy(m[:, 0].copy()))
+    cols, counts = np.unique(m.T, axis=0, return_counts=True)
+    ref = cols[counts.argmax()]  # the most common per-position column: the interior, away from any border
+    diff = np.flatnonzero((m != ref[:, None]).any(0))
+    if len(diff) <= m.shape[1] // 2:
+        return _Map(consumer, quantity, "chan+border", torch.from_numpy(ref.copy()), torch.from_numpy(diff),
+                    torch.from_numpy(m[:, diff] - ref[:, None]))
+    return _Map(consumer, quantity, "full", torch.from_numpy(m.reshape(-1).copy()))
+
+
+@dataclass
+class _Source:
+    """A recorded tensor and the weighted sums its consumers need, computed from a few reductions of it."""
+
+    name: str
+    c: int  # channels (the first dimension of the node shape; the features of a 1-D tensor)
+    hw: int  # positions per channel
+    binary: bool  # by op semantics (lif, and, pools of spikes); graded sources are binarised (non-zero -> 1)
+    maps: list[_Map]
+    static: bool = False  # the repeated static input: identical at every step, counted at step 0 only
+
+
+def binary_nodes(graph: Graph) -> set[str]:
+    """Nodes whose output is a 0/1 spike tensor by the op semantics (the input is decided per batch)."""
+    out: set[str] = set()
+    for n in graph:
+        if n.op in ("lif", "and", "maxpool_binary", "erode") or (n.op == "broadcast" and n.inputs[0] in out):
+            out.add(n.name)
+    return out
+
+
+class EnergyCounter:
+    """Precomputes fan-out maps of ``graph`` once; :meth:`count` turns one batch of node tensors into :class:`Counts`.
+
+    ``widths``: byte widths for memory traffic (default: the integer network's). ``static_input_once``: with the
+    'repeat' encoding, count the first conv (and its input reads) at step 0 only. ``weight_masks``: node name ->
+    array of the weight's shape whose non-zeros are the weights a backend really holds (e.g. the quantised integer
+    weights), for the effective counts; default: the graph's float weights.
+    """
+
+    def __init__(self, graph: Graph, widths: ByteWidths = INTNET_WIDTHS, static_input_once: bool = True,
+                 weight_masks: Mapping[str, np.ndarray] | None = None) -> None:
+        self.graph = graph
+        self.widths = widths
+        self.static_input_once = bool(static_input_once) and graph.encoding == "repeat"
+        self.binary = binary_nodes(graph)
+        self.weight_masks = dict(weight_masks or {})
+        unknown = set(self.weight_masks) - {n.name for n in graph if n.op in SYNAPTIC}
+        if unknown:
+            raise UserError(f"weight masks for unknown synaptic node(s): {', '.join(sorted(unknown))}")
+        self.flops: dict[str, float] = {}  # the paper's FLOPs of every synaptic node
+        self.flops_valid: dict[str, float] = {}  # the same without padded taps (= NeuroBench Dense per step)
+        self._dense_per_step: dict[str, float] = {}
+        self._pool_compares: dict[str, float] = {}
+        self._buffers: dict[str, dict[str, float]] = {}
+        self._numel = {n.name: float(np.prod(n.shape)) for n in graph}
+        self.sources = self._plan()
+
+    # -------------------------------------------------------------------------------------------------- planning
+
+    @property
+    def required(self) -> list[str]:
+        """Node names whose ``[T, B, *shape]`` tensors :meth:`count` needs."""
+        return [s.name for s in self.sources]
+
+    def _plan(self) -> list[_Source]:
+        g = self.graph
+        maps: dict[str, list[_Map]] = {}
+
+        def need(src: str) -> list[_Map]:
+            return maps.setdefault(src, [])
+
+        for node in g:
+            if node.op in ("lif", "and", "maxpool_binary", "erode"):
+                need(node.name)
+            if node.op in SYNAPTIC:
+                src = g.node(node.inputs[0])
+                if src.op == "broadcast":
+                    raise UserError(f"{node.name}: a synaptic layer on a broadcast tensor is not supported")
+                mask = self.weight_masks.get(node.name)
+                if node.op == "conv2d":
+                    dense, eff, flops = conv_fanout(node, src.shape, mask)
+                else:
+                    dense, eff, flops = linear_fanout(node, mask)
+                self.flops[node.name] = flops
+                self.flops_valid[node.name] = self._dense_per_step[node.name] = float(dense.sum())
+                c = src.shape[0]
+                need(src.name).extend([_map_form(node.name, "syn", dense.reshape(c, -1)),
+                                       _map_form(node.name, "eff", eff.reshape(c, -1))])
+            elif node.op in POOL_BINARY:
+                src = g.node(node.inputs[0])
+                fan = pool_fanout(node, src.shape)
+                need(src.name).append(_map_form(node.name, "pool", fan.reshape(src.shape[0], -1)))
+                self._pool_compares[node.name] = float(fan.sum()) - float(np.prod(node.shape))
+            elif node.op in ("maxpool", "avgpool"):
+                fan = pool_fanout(node, g.node(node.inputs[0]).shape)
+                self._pool_compares[node.name] = float(fan.sum()) - float(np.prod(node.shape))
+        need(g.input.name)
+        sources = []
+        for name, ms in maps.items():
+            node = g.node(name)
+            c = int(node.shape[0])
+            sources.append(_Source(name, c, int(np.prod(node.shape)) // c, name in self.binary, ms,
+                                   static=node.op == "input" and self.static_input_once))
+        order = {n.name: i for i, n in enumerate(g)}
+        return sorted(sources, key=lambda s: order[s.name])
+
+    # -------------------------------------------------------------------------------------------------- counting
+
+    def count(self, tensors: Mapping[str, Any]) -> Counts:
+        """Counts of one batch. ``tensors``: node name -> ``[T, B, *shape]`` for every :attr:`required` node."""
+        g, T, wb = self.graph, self.graph.T, self.widths
+        sums: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+        B = None
+        input_binary = False
+        for src in self.sources:
+            if src.name not in tensors:
+                raise UserError(f"energy counter: no tensor for node {src.name!r} (record every counter.required node)")
+            x = tensors[src.name]
+            x = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+            shape = g.node(src.name).shape
+            if x.dim() != 2 + len(shape) or x.shape[0] != T or tuple(x.shape[2:]) != shape:
+                raise UserError(f"energy counter: tensor {src.name!r} has shape {tuple(x.shape)}, expected "
+                                f"[{T}, B, {', '.join(map(str, shape))}]")
+            if B is None:
+                B = int(x.shape[1])
+            elif x.shape[1] != B:
+                raise UserError(f"energy counter: tensor {src.name!r} has batch {x.shape[1]}, others {B}")
+            if src.static:
+                x = x[:1]
+            x = x.detach().reshape(x.shape[0] * B, src.c, src.hw)
+            if not src.binary:
+                if g.node(src.name).op == "input":
+                    input_binary = bool(((x == 0) | (x == 1)).all())
+                x = x != 0
+            cols = self._reduce(src, x)
+            if src.static:  # step 0 carries the only evaluation of a constant input
+                cols = {k: np.concatenate([v.reshape(1, B), np.zeros((T - 1, B))]) for k, v in cols.items()}
+            sums[src.name] = {k: v.reshape(T, B) for k, v in cols.items()}
+        assert B is not None
+        nodes = {n.name: self._node_counts(n, sums, B, input_binary) for n in g}
+        return Counts(T, B, nodes, wb, {"input_binary": input_binary, "static_input_once": self.static_input_once})
+
+    @staticmethod
+    def _reduce(src: _Source, x: torch.Tensor) -> dict[tuple[str, str], np.ndarray]:
+        """Every weighted sum ``src`` needs from ``x`` (``[S, C, HW]``, 0/1). Reductions run in float32, which is exact
+        because each partial sum is an integer below 2**24 (at most C or HW or C*HW ones); the products with the maps
+        are float64 on the reduced tensors. Gathers touch only the border positions; a full product only maps with no
+        structure (the DVS head-layout erode)."""
+        xf = x if x.dtype == torch.float32 else x.to(torch.float32)
+        S = xf.shape[0]
+        out = {("", "nnz"): xf.reshape(S, -1).sum(1).to(torch.float64).numpy()}
+        pos = chan = None
+        for m in src.maps:
+            if m.form == "pos":
+                if pos is None:
+                    pos = xf.sum(1).to(torch.float64)  # [S, HW]
+                v = pos @ m.vec
+            elif m.form in ("chan", "chan+border"):
+                if chan is None:
+                    chan = xf.sum(2).to(torch.float64)  # [S, C]
+                v = chan @ m.vec
+                if m.form == "chan+border":
+                    v = v + (xf[:, :, m.idx].to(torch.float64) * m.corr).sum((1, 2))
+            else:
+                v = xf.reshape(S, -1).to(torch.float64) @ m.vec
+            out[(m.consumer, m.quantity)] = v.numpy()
+        return out
+
+    def _nnz(self, name: str, sums: Mapping[str, Mapping[tuple[str, str], np.ndarray]], B: int) -> np.ndarray:
+        node = self.graph.node(name)
+        if node.op == "broadcast":  # each spike of the (C,1,1) input is copied to every token
+            return self._nnz(node.inputs[0], sums, B) * (self._numel[node.name] / self._numel[node.inputs[0]])
+        return sums[name][("", "nnz")]
+
+    def _node_counts(self, node: Node, sums: Mapping[str, Mapping[tuple[str, str], np.ndarray]], B: int,
+                     input_binary: bool) -> NodeCounts:
+        g, T, wb = self.graph, self.graph.T, self.widths
+        numel = self._numel[node.name]
+
+        def const(v: float) -> np.ndarray:  # the same value at every step and sample: a read-only broadcast view
+            return np.broadcast_to(np.float64(v), (T, B))
+        q: dict[str, np.ndarray] = {}
+        driven: set[str] = set()
+        attrs: dict[str, Any] = {}
+        kind = "stream"
+        in_nodes = [g.node(i) for i in node.inputs]
+        in_binary = [i.name in self.binary for i in in_nodes]
+
+        def graded_read(src: Node) -> np.ndarray:
+            return const(self._numel[src.name] * wb.graded)
+
+        if node.op == "input":
+            kind = "input"
+            q["nonzero"] = sums[node.name][("", "nnz")]
+        elif node.op in SYNAPTIC:
+            src = in_nodes[0]
+            s = sums[src.name]
+            syn, eff, nnz = s[(node.name, "syn")], s[(node.name, "eff")], s[("", "nnz")]
+            spiking = in_binary[0] or (src.op == "input" and input_binary)
+            zero = np.zeros_like(syn)
+            kind = "ac" if spiking else "mac"
+            q["ac"], q["ac_eff"] = (syn, eff) if spiking else (zero, zero)
+            q["mac"], q["mac_eff"] = (zero, zero) if spiking else (syn, eff)
+            static = src.op == "input" and self.static_input_once
+            if static:
+                steps = np.zeros((T, B))
+                steps[0] = 1.0
+            else:
+                steps = const(1.0)
+            q["dense"] = steps * self._dense_per_step[node.name]
+            q["in_events"] = nnz
+            has_bias = "bias" in node.params or "bn_scale" in node.params
+            q["bias_adds"] = steps * (numel if has_bias else 0.0)
+            q["weight_bytes"] = syn * wb.weight
+            q["accum_bytes"] = syn * 2 * wb.state
+            q["io_read_bytes"] = nnz * wb.event if spiking else steps * (self._numel[src.name] * wb.graded)
+            if in_binary[0]:
+                driven |= {"ac", "ac_eff", "in_events", "weight_bytes", "accum_bytes", "io_read_bytes"}
+            attrs.update(input=src.name, flops=self.flops[node.name], flops_valid=self.flops_valid[node.name],
+                         static_input=static, spiking_input=spiking)
+        elif node.op == "lif":
+            kind = "neuron"
+            q["neuron_updates"] = const(numel)
+            q["spikes"] = self._nnz(node.name, sums, B)
+            q["membrane_bytes"] = const(numel * 2 * wb.state)
+            q["io_read_bytes"] = graded_read(in_nodes[0])
+            q["io_write_bytes"] = q["spikes"] * wb.event
+            driven |= {"spikes", "io_write_bytes"}
+            decay = float(node.attrs["decay"])
+            attrs.update(decay=decay, leak_is_shift=bool(decay == 1.0 or np.log2(decay).is_integer()),
+                         v_threshold=float(node.attrs["v_threshold"]))
+        elif node.op == "and":
+            kind = "mask" if any(i.op == "broadcast" for i in in_nodes) else "and"
+            q["in_events"] = sum(self._nnz(i.name, sums, B) for i in in_nodes)
+            q["spikes"] = self._nnz(node.name, sums, B)
+            q["gate_updates"] = const(numel)  # dense: one gate evaluation per element (a neuron on a chip)
+            q["io_read_bytes"] = q["in_events"] * wb.event
+            q["io_write_bytes"] = q["spikes"] * wb.event
+            driven |= {"in_events", "spikes", "io_read_bytes", "io_write_bytes"}
+        elif node.op == "sum_tokens":
+            kind = "colsum"
+            nnz_in = self._nnz(in_nodes[0].name, sums, B) if in_binary[0] else const(self._numel[in_nodes[0].name])
+            q["colsum_adds"] = nnz_in
+            q["dense"] = const(self._numel[in_nodes[0].name] - numel)
+            q["io_read_bytes"] = nnz_in * wb.event
+            q["io_write_bytes"] = const(numel * wb.graded)
+            if in_binary[0]:
+                driven |= {"colsum_adds", "io_read_bytes"}
+        elif node.op == "broadcast":
+            kind = "mask"
+            q["spikes"] = self._nnz(node.name, sums, B)
+            driven.add("spikes")
+        elif node.op in POOL_BINARY:
+            kind = "pool"
+            src = in_nodes[0]
+            q["or_writes"] = sums[src.name][(node.name, "pool")]
+            q["compares"] = const(self._pool_compares[node.name])
+            q["gate_updates"] = const(numel)
+            q["spikes"] = self._nnz(node.name, sums, B)
+            q["io_read_bytes"] = self._nnz(src.name, sums, B) * wb.event
+            q["io_write_bytes"] = q["spikes"] * wb.event
+            driven |= {"or_writes", "spikes", "io_read_bytes", "io_write_bytes"}
+        elif node.op == "maxpool":
+            kind = "pool"
+            q["compares"] = const(self._pool_compares[node.name])
+            q["io_read_bytes"] = graded_read(in_nodes[0])
+            q["io_write_bytes"] = const(numel * wb.graded)
+        elif node.op == "avgpool":
+            q["adds"] = const(self._pool_compares[node.name])
+            q["mults"] = const(numel)
+            q["io_read_bytes"] = graded_read(in_nodes[0])
+            q["io_write_bytes"] = const(numel * wb.graded)
+        elif node.op == "add":
+            q["adds"] = const(numel)
+            q["io_read_bytes"] = sum(graded_read(i) for i in in_nodes)
+            q["io_write_bytes"] = const(numel * wb.graded)
+        elif node.op == "mean_tokens":
+            n_in = self._numel[in_nodes[0].name]
+            q["adds"] = const(n_in - numel)
+            q["mults"] = const(numel)
+            q["io_read_bytes"] = graded_read(in_nodes[0])
+            q["io_write_bytes"] = const(numel * wb.graded)
+        elif node.op == "output":
+            kind = "readout"
+            q["adds"] = const(numel)  # logits accumulated over the T steps (the 1/T scale does not change argmax)
+            q["io_read_bytes"] = graded_read(in_nodes[0])
+        return NodeCounts(node.name, node.op, kind, q, frozenset(driven), attrs)
+
+    # -------------------------------------------------------------------------------------------------- buffers
+
+    def buffer_bytes(self) -> dict[str, dict[str, float]]:
+        """SRAM buffer size (bytes) behind each node's memory quantity, for the size-dependent access cost:
+        weights of the layer, its accumulators, its membranes, and the spike FIFO or graded tensor it reads/writes."""
+        if self._buffers:
+            return self._buffers
+        wb, g = self.widths, self.graph
+
+        def io_buf(node: Node) -> float:
+            if node.name in self.binary:
+                return wb.fifo_events * wb.event
+            return float(np.prod(node.shape)) * wb.graded
+
+        for node in g:
+            b: dict[str, float] = {"io_write_bytes": io_buf(node)}
+            if node.inputs:
+                b["io_read_bytes"] = io_buf(g.node(node.inputs[0]))
+            if node.op in SYNAPTIC:
+                b["weight_bytes"] = float(node.params["weight"].size) * wb.weight
+                b["accum_bytes"] = float(np.prod(node.shape)) * wb.state
+            if node.op == "lif":
+                b["membrane_bytes"] = float(np.prod(node.shape)) * wb.state
+            self._buffers[node.name] = b
+        return self._buffers
+
+
+MEMORY_QUANTITIES = ("weight_bytes", "accum_bytes", "membrane_bytes", "io_read_bytes", "io_write_bytes")
+
+__all__ = ["EnergyCounter", "Counts", "NodeCounts", "binary_nodes", "conv_fanout", "linear_fanout", "pool_fanout",
+           "window_fanout", "MEMORY_QUANTITIES", "SYNAPTIC"]

@@ -1,0 +1,96 @@
+"""Feed the counter: the float graph executor or the integer network's executor, batch by batch."""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export.graph import Graph
+from sdt.errors import UserError
+
+from .counter import Counts, EnergyCounter
+
+
+def take_batches(dataset: Any, samples: int | None, batch_size: int) -> Iterator[torch.Tensor]:
+    """The first ``samples`` inputs of ``dataset`` (all if None), in order, as batches (deterministic)."""
+    n = len(dataset) if samples is None else min(int(samples), len(dataset))
+    for start in range(0, n, batch_size):
+        xs = [dataset[i][0] for i in range(start, min(n, start + batch_size))]
+        yield torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs])
+
+
+def count_float(graph: Graph, counter: EnergyCounter, batches: Iterable[torch.Tensor], *, total: int | None = None,
+                progress: bool = False) -> tuple[Counts, dict[str, Any]]:
+    """Run the float graph (bit-exact with the model) on every batch and count. Returns counts and timings."""
+    from export.run_graph import run_graph
+
+    parts = []
+    t_run = t_count = 0.0
+    with torch.inference_mode():
+        for x in tqdm(batches, total=total, desc="energy (float)", disable=not progress, leave=False,
+                      dynamic_ncols=True, unit="batch"):
+            t0 = time.perf_counter()
+            _, tensors = run_graph(graph, x, record=counter.required)
+            t1 = time.perf_counter()
+            parts.append(counter.count(tensors))
+            t_count += time.perf_counter() - t1
+            t_run += t1 - t0
+    if not parts:
+        raise UserError("no input samples to count; check --samples and the data set")
+    return Counts.concat(parts), {"run_s": t_run, "count_s": t_count}
+
+
+def integer_population_map(net: Any, graph: Graph, names: Iterable[str]) -> dict[str, str]:
+    """Graph node -> integer population for every node the counter needs (the quantiser names populations after
+    their graph nodes and records the node in ``attrs['node']``)."""
+    by_node = {}
+    for p in net.populations:
+        by_node.setdefault(str(p.attrs.get("node", p.name)), p.name)
+        by_node.setdefault(p.name, p.name)
+    out, missing = {}, []
+    for n in names:
+        if graph.node(n).op == "input":
+            pop = next((p.name for p in net.populations if p.kind == "input"), None)
+        else:
+            pop = by_node.get(n)
+        if pop is None:
+            missing.append(n)
+        else:
+            out[n] = pop
+    if missing:
+        raise UserError(f"the integer network has no population for graph node(s) {', '.join(missing)}; "
+                        "it was not built from this graph")
+    return out
+
+
+def count_integer(net: Any, graph: Graph, counter: EnergyCounter, batches: Iterable[torch.Tensor], *,
+                  total: int | None = None, progress: bool = False) -> tuple[Counts, dict[str, Any]]:
+    """Run the integer network (reference executor) on the 8-bit encoded batches and count its executed spikes with
+    the graph's fan-outs. The input node counts the encoded integers (a pixel that rounds to 0 triggers nothing)."""
+    from deploy.executor import Executor
+    from deploy.quantize import encode_input
+
+    mapping = integer_population_map(net, graph, counter.required)
+    parts = []
+    t_run = t_count = 0.0
+    overflow = 0
+    with Executor(net) as ex:
+        for x in tqdm(batches, total=total, desc="energy (integer)", disable=not progress, leave=False,
+                      dynamic_ncols=True, unit="batch"):
+            t0 = time.perf_counter()
+            res = ex.run(encode_input(net, x), record=sorted(set(mapping.values())))
+            t1 = time.perf_counter()
+            overflow += int(res.overflow.u_wraps + res.overflow.v_clips)
+            tensors = {n: np.asarray(res.outputs[p]) for n, p in mapping.items()}
+            parts.append(counter.count(tensors))
+            t_count += time.perf_counter() - t1
+            t_run += t1 - t0
+    if not parts:
+        raise UserError("no input samples to count; check --samples and the data set")
+    return Counts.concat(parts), {"run_s": t_run, "count_s": t_count, "overflow_events": overflow}
+
+
+__all__ = ["take_batches", "count_float", "count_integer", "integer_population_map"]

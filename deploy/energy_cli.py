@@ -1,0 +1,127 @@
+"""``sdt-energy``: count every operation of a trained SDT on real inputs and write an energy report (estimates).
+
+    sdt-energy output/train/<run>/model_best.pth.tar                       # the data set recorded in the checkpoint
+    sdt-energy model.pth.tar --data digits --samples 200 -o energy_digits
+    sdt-energy model.pth.tar --data cifar10 --data-dir ./data --integer    # spikes of the integer network
+
+Writes ``DIR/energy.json`` (per layer, per step, per sample), ``energy.md`` and ``energy.html`` with PNG plots. The
+folder is written as a whole: on any error nothing is left behind. See docs/energy.md for the method.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from sdt.errors import UserError, cli_entry
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"sdt-energy: {message} (see sdt-energy --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sdt-energy", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("checkpoint", help="a checkpoint file (ours or official)")
+    a("--data", "-d", help="data set name (default: the one recorded in the checkpoint)")
+    a("--data-dir", help="data folder (default: the one recorded in the checkpoint; digits/mnist/fashion need none)")
+    a("--split", default="test", help="test/val or train")
+    a("--samples", "-n", type=int, default=100, help="count the first N samples (0: all)")
+    a("-b", "--batch-size", type=int, default=32)
+    a("-o", "--output", help="report folder (default: <checkpoint>.energy beside the checkpoint)")
+    a("--integer", action="store_true", help="count the spikes of the quantised integer network (reference "
+      "executor) instead of the float model")
+    a("--access-bits", type=int, choices=(64, 32), default=64,
+      help="apply Horowitz's SRAM figures per 64-bit access (strict) or per 32-bit word (SpikingJelly's Lemaire)")
+    a("--conv-input-every-step", action="store_true",
+      help="count the first conv on a repeated static image at every step (default: once, as deployed)")
+    a("--use-ema", action="store_true", help="use state_dict_ema")
+    a("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _recorded(ckpt: dict[str, Any]) -> dict[str, Any]:
+    args = ckpt.get("args")
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, dict) else {}
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.samples < 0:
+        raise UserError(f"--samples must be >= 0, got {args.samples}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    import sdt
+    from sdt.checkpoint import read_checkpoint
+    from sdt.data import DatasetNotFoundError, canonical_name, create_dataset, dataset_info
+
+    from export.from_model import build_graph
+
+    from .energy import EnergyCounter, analyze, write_report
+    from .energy.run import count_float, count_integer, take_batches
+
+    ckpt_path = Path(args.checkpoint)
+    out = Path(args.output) if args.output else ckpt_path.with_name(ckpt_path.name.split(".pth")[0] + ".energy")
+    ckpt = read_checkpoint(ckpt_path)
+    model = sdt.load_checkpoint(ckpt_path, use_ema=args.use_ema)
+    cfg = model.model_config
+    rec = _recorded(ckpt)
+    name = args.data or rec.get("dataset")
+    if not name:
+        raise UserError(f"{ckpt_path} records no data set; pass --data NAME")
+    try:
+        name = canonical_name(str(name))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    info = dataset_info(name)
+    if info.in_channels != cfg["in_channels"]:
+        raise UserError(f"data set {name} has {info.in_channels} input channel(s), the model expects "
+                        f"{cfg['in_channels']}; pass the --data it was trained on")
+    root = args.data_dir if args.data_dir is not None else (rec.get("data_dir") if info.needs_root else None)
+    try:
+        ds = create_dataset(name, root, args.split, img_size=cfg["img_size_h"], T=cfg["T"])
+    except (DatasetNotFoundError, ValueError, TypeError) as e:
+        raise UserError(f"cannot load data set {name}: {e}") from None
+    n = len(ds) if args.samples == 0 else min(args.samples, len(ds))
+    if n == 0:
+        raise UserError(f"data set {name} ({args.split}) is empty")
+    batches = take_batches(ds, n, args.batch_size)
+    total = -(-n // args.batch_size)
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    if args.integer:
+        from deploy.quantize import load_model_and_normalization, quantize_model
+
+        model, norm, _ = load_model_and_normalization(model, name)
+        net, _, graph = quantize_model(model, norm)
+        counter = EnergyCounter(graph, static_input_once=not args.conv_input_every_step)
+        counts, timing = count_integer(net, graph, counter, batches, total=total, progress=progress)
+    else:
+        graph = build_graph(model)
+        counter = EnergyCounter(graph, static_input_once=not args.conv_input_every_step)
+        counts, timing = count_float(graph, counter, batches, total=total, progress=progress)
+    meta = {"checkpoint": str(ckpt_path), "data": f"{name} ({args.split}, first {n})", "dataset": name,
+            "split": args.split, "mode": "integer network (reference executor)" if args.integer else "float graph",
+            "model_config": cfg, "seconds": round(time.perf_counter() - t0, 3), **timing}
+    doc = analyze(counter, counts, access_bits=args.access_bits, meta=meta)
+    write_report(doc, out)
+    c = doc["comparison"]
+    print(f"{name} {args.split}: {n} samples, mean firing rate {doc['mean_firing_rate']:.4f}; per sample (estimates): "
+          f"paper {c['paper']['snn_pj'] / 1e6:.4g} µJ, int {c['int']['snn_pj'] / 1e6:.4g} µJ, int+mem "
+          f"{c['int_mem']['snn_pj'] / 1e6:.4g} µJ -> {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli_entry(run)(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

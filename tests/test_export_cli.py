@@ -1,0 +1,181 @@
+"""sdt-export end to end: official and our checkpoints, summary line, --validate, and bad input -> one line, no file."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export import cli
+from export import onnx_writer as ow
+from sdt.checkpoint import save_checkpoint
+from tests.conftest import tiny_model
+from tests.test_checkpoint import official_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the reference LIF loops are many small ops: on a loaded 2-core runner a second thread only adds contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def official(tmp_path) -> Path:
+    path = tmp_path / "model_best.pth.tar"
+    official_file(path, tiny_model(seed=21))
+    return path
+
+
+@pytest.fixture
+def ours(tmp_path) -> Path:
+    path = tmp_path / "ours.pth"
+    save_checkpoint(path, tiny_model(seed=22, TET=True))
+    return path
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_official_checkpoint_to_onnx_with_validation(official, capsys):
+    rc, out, err = _run(capsys, str(official), "--to", "onnx", "--validate", "100")
+    assert rc == 0, err
+    target = official.with_name("model_best.onnx")  # default: next to the checkpoint, checkpoint suffixes dropped
+    assert target.is_file() and _files(official.parent) == ["model_best.onnx", "model_best.pth.tar"]
+    summary, check = out.strip().splitlines()
+    for word in ("nodes", "edges", "parameters", "kB", " s"):
+        assert word in summary, summary
+    assert "onnxruntime vs PyTorch on 100 inputs: argmax 100/100" in check
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    logits = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        import sdt
+
+        ref = sdt.load_checkpoint(official)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-5)
+
+
+def test_our_checkpoint_to_nir_validates_bit_exactly(ours, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    rc, out, err = _run(capsys, str(ours), "--to", "nir", "-o", str(out_dir / "tet.nir"), "--validate", "100")
+    assert rc == 0, err
+    assert _files(out_dir) == ["tet.nir"]
+    summary, check = out.strip().splitlines()
+    assert "NIR" in summary and "parameters" in summary
+    assert "NIR runner vs PyTorch on 100 inputs" in check and "max |dlogit| 0 (bound 0)" in check
+
+
+def test_onnx_spikes_flag_adds_outputs(ours, capsys):
+    rc, out, err = _run(capsys, str(ours), "--to", "onnx", "--spikes")
+    assert rc == 0, err
+    session = ort.InferenceSession(str(ours.with_name("ours.onnx")), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names[0] == "logits" and "MS_SPS_lif" in names and "head_lif" in names
+
+
+def test_lava_dispatches_to_the_integer_writer(official, capsys):
+    pytest.importorskip("deploy.quantize")
+    rc, out, err = _run(capsys, str(official), "--to", "lava", "--validate", "8")
+    assert rc == 0, err
+    assert _files(official.parent) == ["model_best.intnet.npz", "model_best.pth.tar"]
+    assert "top-1 agreement" in out
+
+
+def test_lava_without_the_integer_writer_is_one_line(official, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "deploy.quantize", None)  # import fails as if the module did not exist
+    rc, out, err = _run(capsys, str(official), "--to", "lava")
+    assert rc == 2 and err.startswith("error: --to lava needs deploy.quantize.export_lava") and err.count("\n") == 1
+    assert _files(official.parent) == ["model_best.pth.tar"]
+
+
+def test_failed_validation_writes_nothing(official, capsys, monkeypatch):
+    lif = ow._NodeModule._lif
+    monkeypatch.setattr(ow._NodeModule, "_lif", lambda self, x: lif(self, x * 1.05))  # a broken exporter
+    rc, out, err = _run(capsys, str(official), "--to", "onnx", "--validate", "10")
+    assert rc == 1 and err.startswith("error: validation failed, nothing written") and err.count("\n") == 1
+    assert _files(official.parent) == ["model_best.pth.tar"]
+
+
+def _bad_cases(tmp: Path, official: Path) -> dict[str, list[str]]:
+    truncated = tmp / "truncated.pth"
+    truncated.write_bytes(official.read_bytes()[: official.stat().st_size // 2])
+    (tmp / "a_dir").mkdir()
+    (tmp / "a_file").write_text("x")
+    return {
+        "missing checkpoint": [str(tmp / "nope.pth"), "--to", "onnx"],
+        "truncated checkpoint": [str(truncated), "--to", "onnx"],
+        "not a checkpoint": [str(tmp / "a_file"), "--to", "nir"],
+        "unknown --to": [str(official), "--to", "tflite"],
+        "no --to": [str(official)],
+        "nonexistent parent": [str(official), "--to", "onnx", "-o", str(tmp / "no" / "such" / "m.onnx")],
+        "parent is a file": [str(official), "--to", "nir", "-o", str(tmp / "a_file" / "m.nir")],
+        "directory as output": [str(official), "--to", "onnx", "-o", str(tmp / "a_dir")],
+        "output is the checkpoint": [str(official), "--to", "onnx", "-o", str(official)],
+        "--spikes with nir": [str(official), "--to", "nir", "--spikes"],
+        "negative --validate": [str(official), "--to", "onnx", "--validate", "-1"],
+    }
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "truncated checkpoint", "not a checkpoint", "unknown --to",
+                                  "no --to", "nonexistent parent", "parent is a file", "directory as output",
+                                  "output is the checkpoint", "--spikes with nir", "negative --validate"])
+def test_bad_input_is_one_line_and_leaves_no_file(case, official, tmp_path, capsys):
+    argv = _bad_cases(tmp_path, official)[case]
+    before = _files(tmp_path)
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 2, (case, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert out == ""
+    assert _files(tmp_path) == before and _files(tmp_path / "a_dir") == []
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only folders")
+def test_read_only_folder(official, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        rc, out, err = _run(capsys, str(official), "--to", "onnx", "-o", str(ro / "m.onnx"))
+    finally:
+        ro.chmod(0o700)
+    assert rc == 2 and "not writable" in err and _files(ro) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_unwritable_location_found_at_write_time(official, capsys):
+    # /proc passes the up-front checks as root but refuses new files: the error comes from the atomic write itself
+    rc, out, err = _run(capsys, str(official), "--to", "onnx", "-o", "/proc/sdt-export-test.onnx")
+    assert rc == 2 and err.startswith("error: cannot write /proc/sdt-export-test.onnx") and err.count("\n") == 1
+    assert not Path("/proc/sdt-export-test.onnx").exists()
+
+
+def test_default_output_names():
+    assert cli.default_output(Path("d/model_best.pth.tar"), "onnx") == Path("d/model_best.onnx")
+    assert cli.default_output(Path("x.pth"), "lava") == Path("x.intnet.npz")
+    assert cli.default_output(Path("run.v2"), "nir") == Path("run.v2.nir")
+
+
+def test_console_entry_point(official):
+    # a real process, through `python -m export.cli` (the console script calls the same main)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "export.cli", str(official), "--to", "nir"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert official.with_name("model_best.nir").is_file() and "edges" in proc.stdout
