@@ -188,6 +188,68 @@ def bench_executor(batch: int, reps: int, budget_s: float) -> None:
     print(f"    integer executor        {i_ips:8.1f} images/s   {i_ips / f_ips:5.2f}x   (target >= 1.0x)")
 
 
+# ------------------------------------------------------------------------------------------------------- Lava
+
+def _tiny_intnet(samples: int) -> tuple[IntNet, np.ndarray, str]:
+    """The tiny SDT (1 block, 32 dims, 16x16, T=4) as an IntNet plus encoded inputs."""
+    from tests.conftest import TINY, tiny_model
+
+    model = tiny_model()
+    x = torch.rand(samples, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return _intnet_for(model, dict(model.model_config, **TINY), x)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def bench_lava(samples: int) -> None:
+    from deploy.executor import run_intnet
+    from deploy.lava_net import LavaRunner, child_pids, shm_entries
+
+    net, xs, origin = _tiny_intnet(max(samples, 10))
+    print(f"\n[2] Lava fixed_pt on CPU, tiny SDT (1 block, 32 dims, 16x16, T={net.T}); IntNet: {origin}")
+    ref = run_intnet(net, xs[:10], record="all")
+    with LavaRunner(net, record="all") as r:
+        one = [r.run(xs[k]) for k in range(3)]  # one sample at a time: each drains the pipeline (T + L steps)
+        t0 = time.perf_counter()
+        many = r.run_many(xs[3:10])  # back to back: one sample every T steps
+        t_many = (time.perf_counter() - t0) / 7
+        t_one = statistics.median(r.sample_times[1:3])
+        exact = all(np.array_equal(res.outputs[k], ref.outputs[k][:, b]) for b, res in enumerate(one + many)
+                    for k in res.outputs) and all(np.array_equal(res.final_v[k], ref.final_v[k][b])
+                                                  for b, res in enumerate(one + many) for k in res.final_v)
+        print(f"    {r.num_processes} Lava processes, latency L = {r.plan.latency} steps")
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in r.timings.items())
+        print(f"    compile (host start + build + compile + fork): {r.compile_time:6.2f} s   target <= 15 s   ({parts})")
+        print(f"    per sample, one at a time ({-(-(net.T + r.plan.latency) // net.T) * net.T} steps):"
+              f" {t_one:6.2f} s   target <= 2 s")
+        print(f"    per sample, pipelined (run_many, {net.T} steps):   {t_many:6.2f} s")
+        print(f"    executor <-> Lava bit-exact on 10 samples, every population and step: {exact}")
+    if samples <= 0:
+        return
+    # leak check: N consecutive samples (10 calls of run_many), counted before / after
+    c0, s0, f0 = child_pids(), shm_entries(), _open_fds()
+    per_call_fds = []
+    t0 = time.perf_counter()
+    with LavaRunner(net) as r:
+        done = 0
+        while done < samples:
+            k = min(10, samples - done)
+            r.run_many(xs[np.arange(done, done + k) % len(xs)])
+            done += k
+            per_call_fds.append(_open_fds())
+    dt = time.perf_counter() - t0
+    gc.collect()
+    c1, s1, f1 = child_pids(), shm_entries(), _open_fds()
+    print(f"\n[3] {samples} consecutive Lava samples in {dt:.1f} s (compile included), leaks before -> after:")
+    print(f"    child processes {len(c0)} -> {len(c1)}   /dev/shm entries {len(s0)} -> {len(s1)}   "
+          f"open fds {f0} -> {f1} (while running: {min(per_call_fds)}..{max(per_call_fds)})   "
+          f"Lava processes left: {r.leaks}")
+    ok = c1 <= c0 and s1 <= s0 and f1 <= f0 and not r.leaks["alive"]
+    print(f"    {'clean' if ok else 'LEAK'}")
+
+
 # ------------------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lava-samples", type=int, default=100)
     args = ap.parse_args(argv)
     bench_executor(args.batch, args.reps, args.budget)
+    if args.skip_lava:
+        print("\n[2], [3] skipped (--skip-lava)")
+    else:
+        bench_lava(args.lava_samples)
     return 0
 
 

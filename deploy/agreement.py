@@ -7,7 +7,9 @@ executor (``deploy.executor``) or Lava (``deploy.lava_net``) on the 8-bit encode
 * per population (every LIF and gate, under the graph's node names): the fraction of identical spikes over all
   neurons and samples, overall and per time step, and both firing rates;
 * overflow counters (u wraps / v clips) of the integer run, which must read 0;
-* per-population spike counts and timings.
+* per-population spike counts and timings;
+* the fraction of input values the integer encoding clipped (``input_clipped``). The float side sees the original
+  inputs (end to end) or, with ``float_input='encoded'``, what the integer input represents (the network alone).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from export.graph import Graph
 from sdt.errors import UserError
 
 from .intnet import IntNet
-from .quantize import decode_logits, encode_input, lif_population_names
+from .quantize import decode_input, decode_logits, encode_input, input_out_of_range, lif_population_names
 
 __all__ = ["compare", "integer_runner", "BACKENDS"]
 
@@ -32,7 +34,7 @@ BACKENDS = ("reference", "lava")
 class _LavaBatch:
     """Lava results of a batch, stacked like the reference executor's ``ExecResult``."""
 
-    def __init__(self, results: list[Any], T: int) -> None:
+    def __init__(self, results: list[Any]) -> None:
         self.final_v = {k: np.stack([r.final_v[k] for r in results]) for k in results[0].final_v}
         self.outputs = {k: np.stack([r.outputs[k] for r in results], axis=1) for k in results[0].outputs}
         self.spike_counts = {k: np.asarray([r.spike_counts[k] for r in results]) for k in results[0].spike_counts}
@@ -57,7 +59,7 @@ def integer_runner(net: IntNet, backend: str = "reference", record: Iterable[str
             raise UserError(f"the lava backend is not available ({e}); use --backend reference") from None
         runner = LavaRunner(net, record=names)
         runner.compile()
-        return (lambda x: _LavaBatch([runner.run(xi) for xi in np.asarray(x)], net.T)), runner.close
+        return (lambda x: _LavaBatch([runner.run(xi) for xi in np.asarray(x)])), runner.close
     raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -73,19 +75,30 @@ def _logits_int(net: IntNet, res: Any) -> np.ndarray:
 
 def compare(net: IntNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], *, graph: Graph | None = None,
             backend: str = "reference", progress: bool = False, total: int | None = None,
-            layers: bool = True) -> dict[str, Any]:
+            layers: bool = True, float_input: str = "original") -> dict[str, Any]:
     """Run ``batches`` of float inputs ``(x, labels or None)`` through ``net`` (and ``graph`` if given) and return the
     agreement report (JSON-able). Without ``graph`` only the integer side is measured. Percentages for top-1,
-    fractions in [0, 1] for spike agreement."""
+    fractions in [0, 1] for spike agreement. ``float_input``: the float model sees the ``'original'`` inputs (end to
+    end: input quantisation included) or the ``'encoded'`` ones (what the integer input represents: the network
+    alone). ``input_clipped`` reports the fraction of input values outside the integer input's range."""
+    if float_input not in ("original", "encoded"):
+        raise UserError(f"float_input must be 'original' or 'encoded', got {float_input!r}")
     from export.run_graph import run_graph
 
     names = lif_population_names(net)
     if graph is not None:
         names = [n for n in names if n in graph]
     rec = names if (graph is not None and layers) else []
-    run, close = integer_runner(net, backend, rec)
     # Lava cannot count wraps: its runs are checked against the reference executor, which counts them
     ref = integer_runner(net, "reference", rec) if backend == "lava" else None
+    t0 = time.perf_counter()
+    try:
+        run, close = integer_runner(net, backend, rec)
+    except BaseException:
+        if ref is not None:
+            ref[1]()
+        raise
+    t_setup = time.perf_counter() - t0  # weight preparation; for Lava, building and compiling the processes
     same_logits = same_spikes = spikes_total = 0
     T = net.T
     eq = {n: np.zeros(T, np.int64) for n in names}
@@ -95,7 +108,7 @@ def compare(net: IntNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor | No
     counts: dict[str, int] = {}
     over_u = over_v = 0
     over_by: dict[str, list[int]] = {}
-    n = agree = f_ok = i_ok = labelled = 0
+    n = agree = f_ok = i_ok = labelled = clipped = values = 0
     margins: list[float] = []
     t_float = t_int = 0.0
     try:
@@ -105,6 +118,8 @@ def compare(net: IntNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor | No
             t0 = time.perf_counter()
             x_int = encode_input(net, x)
             res = run(x_int)
+            clipped += input_out_of_range(net, x)
+            values += x_int.size
             t_int += time.perf_counter() - t0
             if ref is not None:
                 r = ref[0](x_int)
@@ -127,7 +142,8 @@ def compare(net: IntNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor | No
                     acc[1] += c.v_clips
             if graph is not None:
                 t0 = time.perf_counter()
-                lf, rec = run_graph(graph, x, record=names if layers else ())
+                xf = decode_input(net, x_int) if float_input == "encoded" else x
+                lf, rec = run_graph(graph, xf, record=names if layers else ())
                 t_float += time.perf_counter() - t0
                 lf = lf.mean(0) if lf.dim() == 3 else lf
                 lf = lf.numpy().astype(np.float64)
@@ -154,7 +170,8 @@ def compare(net: IntNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor | No
         if ref is not None:
             ref[1]()
     pct = (lambda k: round(100.0 * k / n, 4)) if n else (lambda k: None)
-    report: dict[str, Any] = {"backend": backend, "samples": n, "T": T,
+    report: dict[str, Any] = {"backend": backend, "samples": n, "T": T, "float_input": float_input,
+                              "input_clipped": round(clipped / values, 6) if values else None,
                               "int_top1": pct(i_ok) if labelled == n and n else None}
     if graph is not None:
         report.update({"float_top1": pct(f_ok) if labelled == n and n else None, "top1_agreement": pct(agree),
@@ -173,6 +190,7 @@ def compare(net: IntNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor | No
     report["overflow"] = {"u_wraps": over_u, "v_clips": over_v,
                           "by_population": {k: {"u_wraps": a, "v_clips": b} for k, (a, b) in sorted(over_by.items())}}
     report["spike_counts"] = counts
-    report["timings"] = {"integer_s": round(t_int, 3), "float_s": round(t_float, 3) if graph is not None else None,
+    report["timings"] = {"integer_setup_s": round(t_setup, 3), "integer_s": round(t_int, 3),
+                         "float_s": round(t_float, 3) if graph is not None else None,
                          "integer_ms_per_sample": round(1000 * t_int / n, 3) if n else None}
     return report

@@ -71,9 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--checkpoint", help="float reference for an integer-network INPUT")
     a("--weight-terms", type=_positive, default=2,
       help="8-bit synapses per connection (2: a hi/lo pair, 16-bit effective weights; 1: a single 8-bit synapse)")
+    a("--bias-synapse", action="store_true",
+      help="carry biases beyond Lava's 13-bit mantissa as a current from an always-on population (exact bias)")
     a("--input-levels", type=_levels, default=None, metavar="auto|L",
       help="input grid: pixels -> 0..L; auto = the grid of the training inputs (255 if none fits)")
     a("--save-net", help="also write the integer network quantised from a checkpoint INPUT")
+    a("--float-input", default="original", choices=("original", "encoded"),
+      help="what the float reference sees: the data as loaded, or what the integer input represents")
     a("--no-layers", action="store_true", help="skip per-layer spike agreement (faster)")
     a("--output", "-o", help="JSON report (default: <input>.deploy-<backend>.json)")
     a("--threads", type=_positive, help="torch / executor threads")
@@ -158,15 +162,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.input_levels is None and graph.encoding == "repeat":  # the input grid, from the training split
             calib = grid_inputs(name, in_shape[-1], T, args.data_dir, CALIB_SAMPLES)
         t0 = time.perf_counter()
-        net, quant = quantize_graph(graph, QuantConfig(input_levels=args.input_levels, weight_terms=args.weight_terms),
-                                    {"dataset": name, "source": src.name}, calib)
+        cfg = QuantConfig(input_levels=args.input_levels, weight_terms=args.weight_terms,
+                          bias_synapse=args.bias_synapse)
+        net, quant = quantize_graph(graph, cfg, {"dataset": name, "source": src.name}, calib)
         t_q = time.perf_counter() - t0
         if args.save_net:
             save(net, args.save_net)
 
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=0)
     result = compare(net, loader, graph=graph, backend=args.backend, progress=args.progress, total=len(loader),
-                     layers=not args.no_layers)
+                     layers=not args.no_layers, float_input=args.float_input)
     result["timings"]["quantize_s"] = round(t_q, 3)
     result["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
     report: dict[str, Any] = {"input": str(src), "input_kind": kind, "dataset": name, "split": args.split,

@@ -187,6 +187,18 @@ def _to_chw(a: np.ndarray, perm: np.ndarray | None, axis: int = -1) -> np.ndarra
     return a if perm is None else np.take(a, np.argsort(perm), axis=axis)
 
 
+def _canonical(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with row-major strides. NumPy gives size-1 dimensions arbitrary strides (e.g. (1, 1) for a [1, N] view)
+    and torch calls such tensors contiguous, but ``torch._int_mm`` then reads garbage: copy them."""
+    want, acc = [], 1
+    for size in reversed(t.shape):
+        want.append(acc)
+        acc *= size
+    if tuple(reversed(want)) == tuple(t.stride()):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t)
+
+
 def _int8_weights(w: np.ndarray) -> tuple[np.ndarray, int] | None:
     """``(w8, extra_exp)`` with ``w == w8 * 2**extra_exp`` and w8 in int8, or None (mixed 8-bit weights are even)."""
     if w.size == 0 or (w.min() >= -128 and w.max() <= 127):
@@ -242,11 +254,10 @@ class _Syn:
                 self.mode = "int8"
                 w8, extra = packed
                 if self.conv is not None:  # rows of the im2col matrix: (ky, kx, cin), cin fastest
-                    self.w8 = torch.from_numpy(np.ascontiguousarray(w8.transpose(2, 3, 1, 0).reshape(-1, w8.shape[0])))
+                    m = w8.transpose(2, 3, 1, 0).reshape(-1, w8.shape[0])
                 else:
-                    m = _to_internal(w8, src_perm, axis=1)
-                    m = _to_internal(m, dst_perm, axis=0)
-                    self.w8 = torch.from_numpy(np.ascontiguousarray(m.T))
+                    m = _to_internal(_to_internal(w8, src_perm, axis=1), dst_perm, axis=0).T
+                self.w8 = _canonical(torch.from_numpy(np.ascontiguousarray(m)))
             else:
                 self.mode = "float"
         else:
@@ -507,6 +518,24 @@ class Executor:
 
     # ------------------------------------------------------------------------------------------------- synapses
 
+    def _terms(self, item: _Pop, outs: dict[str, np.ndarray], out_max: dict[str, int]) -> list[_Term]:
+        """Every incoming synapse's raw accumulator with its exponent; int8 convs that read the same source with the
+        same geometry (the quantiser's weight terms) share one im2col."""
+        raws: dict[int, np.ndarray] = {}
+        groups: dict[tuple, list[_Syn]] = {}
+        for s in item.syns:
+            x = outs[s.syn.src]
+            if s.mode == "int8" and s.conv is not None and x.dtype == np.int8 \
+                    and s.raw_unit * max(out_max[s.syn.src], 1) < (1 << 31):
+                groups.setdefault((s.syn.src, s.conv, s.w.shape[2:], s.src_shape), []).append(s)
+            else:
+                raws[id(s)] = self._raw(s, x, out_max[s.syn.src])
+        for (src, *_), group in groups.items():
+            x = outs[src]
+            for s, raw in zip(group, self._int8_convs(group, x)):
+                raws[id(s)] = raw.reshape(x.shape[0], x.shape[1], -1)
+        return [(raws[id(s)], s.exp_elem) for s in item.syns]
+
     def _raw(self, s: _Syn, x: np.ndarray, xmax: int) -> np.ndarray:
         """Raw accumulator ``W @ x`` (before the exponent) ``[S, B, n_dst]`` in internal order, exact.
 
@@ -518,7 +547,10 @@ class Executor:
             xmax = min(xmax, 1)
         bound = s.raw_unit * max(xmax, 1)
         if s.mode == "int8" and bound < (1 << 31) and x.dtype == np.int8:
-            return self._int8(s, x).reshape(S, B, -1)
+            if s.conv is not None:
+                return self._int8_convs([s], x)[0].reshape(S, B, -1)
+            xt = _canonical(torch.from_numpy(x).reshape(S * B, -1))
+            return torch._int_mm(xt, s.w8).numpy().reshape(S, B, -1)
         if s.mode in ("int8", "float") and bound < F64_EXACT:
             return self._float(s, x, torch.float32 if bound < F32_EXACT else torch.float64).reshape(S, B, -1)
         if s.csr_int is None:
@@ -526,28 +558,33 @@ class Executor:
         xm = x.reshape(S * B, -1).astype(np.int64)
         return np.ascontiguousarray((s.csr_int @ xm.T).T).reshape(S, B, -1)
 
-    def _int8(self, s: _Syn, x: np.ndarray) -> np.ndarray:
-        """int8 x int8 -> int32 GEMM (exact) on channels-last spikes; convs via an int8 im2col."""
+    def _int8_convs(self, group: list[_Syn], x: np.ndarray) -> list[np.ndarray]:
+        """int8 x int8 -> int32 GEMMs (exact) of convs sharing source and geometry, on channels-last spikes: one
+        im2col (a strided view copied in chunks of ~32 MB), one GEMM per synapse."""
+        s0 = group[0]
         SB = x.shape[0] * x.shape[1]
-        xt = torch.from_numpy(x).reshape(SB, -1)
-        if s.conv is None:
-            return torch._int_mm(xt, s.w8).numpy()
-        (sh, sw), (ph, pw), (dh, dw), _g = s.conv
-        cin, h, w = s.src_shape
-        cout, ho, wo = s.dst_shape
-        kh, kw = s.w.shape[2:]
-        img = xt.view(SB, h, w, cin)
+        (sh, sw), (ph, pw), (dh, dw), _g = s0.conv
+        cin, h, w = s0.src_shape
+        _, ho, wo = s0.dst_shape
+        kh, kw = s0.w.shape[2:]
+        img = torch.from_numpy(x).view(SB, h, w, cin)
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-            return torch._int_mm(img.reshape(-1, cin), s.w8).numpy()
-        out = torch.empty(SB * ho * wo, cout, dtype=torch.int32)
-        xp = torch.nn.functional.pad(img, (0, 0, pw, pw, ph, ph))
+            cols = _canonical(img.reshape(-1, cin))
+            return [torch._int_mm(cols, s.w8).numpy() for s in group]
+        outs = [torch.empty(SB * ho * wo, s.w8.shape[1], dtype=torch.int32) for s in group]
+        xp = F.pad(img, (0, 0, pw, pw, ph, ph)) if ph or pw else img
+        st = xp.stride()
         step = max(1, self.IM2COL_BYTES // max(1, ho * wo * kh * kw * cin))
         for b0 in range(0, SB, step):
             b1 = min(SB, b0 + step)
-            cols = torch.cat([xp[b0:b1, dy * dh:dy * dh + sh * (ho - 1) + 1:sh, dx * dw:dx * dw + sw * (wo - 1) + 1:sw]
-                              for dy in range(kh) for dx in range(kw)], dim=3)
-            torch._int_mm(cols.reshape(-1, kh * kw * cin), s.w8, out=out[b0 * ho * wo:b1 * ho * wo])
-        return out.numpy()
+            # patches [b, ho, wo, kh, kw, cin] as a view of the padded grid; reshape copies them row-major
+            view = xp[b0:b1].as_strided((b1 - b0, ho, wo, kh, kw, cin),
+                                        (st[0], st[1] * sh, st[2] * sw, st[1] * dh, st[2] * dw, st[3]),
+                                        xp[b0:b1].storage_offset())
+            cols = _canonical(view.reshape(-1, kh * kw * cin))
+            for s, out in zip(group, outs):
+                torch._int_mm(cols, s.w8, out=out[b0 * ho * wo:b1 * ho * wo])
+        return [o.numpy() for o in outs]
 
     def _float(self, s: _Syn, x: np.ndarray, dtype: torch.dtype) -> np.ndarray:
         """Exact float GEMM / conv (every partial sum is an integer below the dtype's exact range)."""
@@ -599,11 +636,13 @@ class Executor:
         p = item.pop
         n = p.size
         bias = item.bias
-        spikes = np.empty((T, B, n), dtype=np.int8)
-        final_v = np.empty((B, n), dtype=np.int64) if p.kind != "gate" else None
-        zero = np.zeros(1, np.int64)
         if not terms and not edges:
             terms = [(np.zeros((1, B, n), np.int64), 0)]
+        # a memoryless gate whose every input is the same at each step (e.g. an always-on bias source) is static
+        static = p.kind == "gate" and all(t[0].shape[0] == 1 for t in terms) and all(e.shape[0] == 1 for e in edges)
+        spikes = np.empty((1 if static else T, B, n), dtype=np.int8)
+        final_v = np.empty((B, n), dtype=np.int64) if p.kind != "gate" else None
+        zero = np.zeros(1, np.int64)
 
         if p.kind == "gate":  # memoryless (LIFReset, reset_interval=1): all steps in one call
             def run(block: tuple[slice, slice]) -> tuple:
@@ -611,7 +650,7 @@ class Executor:
                 c = OverflowCounters()
                 a = self._block_input(terms, edges, slice(None), bs, js)
                 _, _, s = lifreset_step(zero, zero, a, 1, 1, 0, p.du, p.dv, p.vth, bias[js], p.bias_exp, counters=c)
-                spikes[:, bs, js] = s  # broadcasts a static a over T
+                spikes[:, bs, js] = s  # (a static gate keeps one frame)
                 cnt = np.count_nonzero(s, axis=2).sum(0) * (T // s.shape[0])
                 return c, bs, cnt
         else:  # lif, integrator: the recurrence over T
@@ -681,7 +720,7 @@ class Executor:
                 B = out.shape[1]
                 out_max[p.name] = int(np.abs(out).max()) if out.size else 0
             else:
-                terms = [(self._raw(s, outs[s.syn.src], out_max[s.syn.src]), s.exp_elem) for s in item.syns]
+                terms = self._terms(item, outs, out_max)
                 edges = [outs[e] for e in item.edges]
                 if p.kind == "maxpool":
                     out = self._maxpool(item, terms, edges, B)

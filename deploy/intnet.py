@@ -12,7 +12,9 @@ Arithmetic (Lava 0.10 fixed point, see `deploy/fixed_point.py`):
   - ``gate``: memoryless threshold unit (Lava ``LIFReset`` with ``reset_interval=1``, du=4095, dv=0):
     ``s = ((a << 6) + bias) > (vth << 6)``; AND (vth=1 over two binary inputs) and OR / binary max-pool (vth=0).
   - ``maxpool``: graded relay, ``out = maxpool2d(a)`` over ``attrs`` kernel/stride/padding (a custom process in Lava;
-    the official real-valued SPS max-pool acting on currents).
+    the official real-valued SPS max-pool acting on currents). ``a`` has the pool's *input* grid, given as
+    ``attrs['in_shape']`` (C,H,W) (if absent, executors take the output shape of an incoming conv synapse); padding
+    never wins (``-inf``, as in PyTorch). No bias: fold it into the consumers (it commutes with the max).
   - ``integrator``: Lava LIF with du=4095, dv=0 and an unreachable threshold; ``v`` accumulates ``(a << 6) + bias``
     over all steps and is read once at the end (the logits).
   - ``input``: the encoded input (integers), graded.

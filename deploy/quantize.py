@@ -6,7 +6,8 @@ integers. The mapping, per graph op:
 =====================  =============================================================================================
 graph                  integer network
 =====================  =============================================================================================
-``input``              ``input`` population: 8-bit integers (``encode_input``); normalisation folded into conv 1
+``input``              ``input`` population: integers 0..L on the data's grid (255: 8-bit images; ``encode_input``);
+                       normalisation folded into conv 1 (per-neuron bias at the zero-padded borders)
 ``conv2d``/``linear``  synapses (BN folded) into every population that reads the current; never a population
 ``add`` (stream)       not materialised: each reader gets one synapse per term, its bias the sum of the term biases
 ``avgpool`` of conv    one composed conv synapse (NIR-clean SPS stage 3)
@@ -24,19 +25,21 @@ graph                  integer network
 
 Scales. A LIF with charge factor d and threshold theta gets a current scale K (integer current per float unit):
 weights ``w_int * 2**e ~ K * W`` (the 1/2 input decay folded in through K = d*S/64), bias ``64*K*b`` (v units) and
-``vth = K*theta/d``; then ``v ~ S*H`` with ``S = 64*K/d``. Each synapse has its own exponent (per output-channel
-group with ``per_channel=True``: zero rows elsewhere), so every synapse uses its full 8-bit mantissa whatever K is.
+``vth = K*theta/d``; then ``v ~ S*H`` with ``S = 64*K/d``. Each synapse has its own exponent, so every synapse uses
+its full 8-bit mantissa whatever K is; by default a second 8-bit synapse carries the first one's rounding residual
+(``QuantConfig.weight_terms``; with one term, per-output-channel exponent groups and a sign split instead).
 K is the largest value for which Lava's 24-bit state provably never overflows for ANY input (worst case over binary
-spikes / 8-bit pixels, sign-split): ``|a| < 2**17`` (u = a << 6 never wraps), ``v`` never clips, vth <= 131071,
+spikes / input levels, sign-split): ``|a| < 2**17`` (u = a << 6 never wraps), ``v`` never clips, vth <= 131071,
 bias mantissa 13 bits with exponent 0..7, weight exponent in [-8, 7]. Populations joined by direct edges from a
 relay must share K (union-find). If no K passes, quantisation fails naming the layer; which constraint bound K is
 reported per population (``limited_by``), so nothing ever wraps silently.
 
-Exactness. Gates, OR windows, the talking-heads count LIF and all ones-synapses are exact. LIF thresholds are exact
-for tau=2 (``vth = 2K``). Approximate: 8-bit weights (mixed-sign ones even: 7-bit magnitude), the bias (13-bit
-mantissa per neuron, one exponent per population), the 8-bit input, the floor of negative weight exponents (bias
-compensates its mean), the integer v halving (truncates toward zero), PLIF decays (dv rounded) and the strict '>'
-threshold against the model's '>='. The float <-> integer agreement is measured by ``deploy/agreement.py``.
+Exactness. Gates, OR windows, the talking-heads count LIF and all ones-synapses are exact; so is the input on its
+data grid. LIF thresholds are exact for tau=2 (``vth = 2K``). Approximate: the weights (8-bit mantissas, mixed-sign
+ones even), the bias (13-bit mantissa per neuron, one exponent per population; exact with ``bias_synapse``), the
+floor of negative weight exponents (the bias compensates its mean), the integer v halving (truncates toward zero),
+PLIF decays (dv rounded) and the strict '>' threshold against the model's '>='. The float <-> integer agreement is
+measured by ``deploy/agreement.py``; docs/integer.md has the numbers.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -56,9 +59,9 @@ from sdt.errors import UserError
 from .fixed_point import V_CLIP_LIMIT, quantize_dense_weights
 from .intnet import IntNet, Population, Synapse, save
 
-__all__ = ["QuantConfig", "QuantizationError", "quantize", "quantize_graph", "quantize_model", "export_lava", "encode_input",
-           "detect_input_levels", "grid_inputs",
-           "decode_logits", "load_model_and_normalization", "lif_population_names"]
+__all__ = ["QuantConfig", "QuantizationError", "quantize", "quantize_graph", "quantize_model", "export_lava",
+           "encode_input", "decode_input", "decode_logits", "input_out_of_range", "detect_input_levels", "grid_inputs", "load_model_and_normalization",
+           "lif_population_names"]
 
 VTH_MAX = (1 << 17) - 1  # Lava vth is uint17
 A_LIMIT = 1 << 17  # |a| < 2**17 keeps u = a << 6 strictly inside (-2**23, 2**23]: never wraps
@@ -89,14 +92,14 @@ class QuantConfig:
     # one-signed matrices); None: only when weight_terms == 1
     split_sign: bool | None = None
     # biases beyond the 13-bit mantissa: the coarse part as a current from an always-on source population, the
-    # remainder in the mantissa (exact to one v unit, one more synapse per population); None: when weight_terms > 1
-    bias_synapse: bool | None = None
+    # remainder in the mantissa (exact to one v unit; costs a synapse per population and its synaptic events
+    # every step). Off by default: it sharpens spike agreement, not top-1, on trained models (docs/integer.md)
+    bias_synapse: bool = False
 
     def resolved(self) -> "QuantConfig":
         one = self.weight_terms == 1
         return replace(self, per_channel=one if self.per_channel is None else self.per_channel,
-                       split_sign=one if self.split_sign is None else self.split_sign,
-                       bias_synapse=(not one) if self.bias_synapse is None else self.bias_synapse)
+                       split_sign=one if self.split_sign is None else self.split_sign)
     # pixels in [0,1] -> 0..levels (DVS counts are clipped to 0..levels); None: the smallest of LEVEL_CANDIDATES on
     # whose grid the calibration inputs lie exactly (255 for uint8 images, 256 for the 2x-upsampled 17-level digits)
     input_levels: int | None = None
@@ -950,20 +953,42 @@ def quantize(graph: Graph, calib: torch.Tensor | np.ndarray | None = None,
     return quantize_graph(graph, config, calib_x=calib)[0]
 
 
-def encode_input(net_or_encoding: IntNet | Mapping[str, Any], x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Float model input (as the data pipeline gives it) -> the integer input of the network (int64)."""
-    enc = net_or_encoding.encoding if isinstance(net_or_encoding, IntNet) else net_or_encoding
+def _encode_unclipped(enc: Mapping[str, Any], x: torch.Tensor | np.ndarray) -> np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     a = a.astype(np.float64)
-    levels = int(enc.get("levels", INPUT_LEVELS))
     if enc.get("kind") == "event_counts":
-        return np.clip(np.round(a), 0, levels).astype(np.int64)
+        return np.round(a)
     if enc.get("kind") != "pixel_levels":
         raise UserError(f"unknown input encoding {enc.get('kind')!r}")
     if enc.get("mean") is not None:
         shape = (-1, 1, 1)
         a = a * np.asarray(enc["std"]).reshape(shape) + np.asarray(enc["mean"]).reshape(shape)
-    return np.clip(np.round(a * levels), 0, levels).astype(np.int64)
+    return np.round(a * int(enc["levels"]))
+
+
+def encode_input(net_or_encoding: IntNet | Mapping[str, Any], x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Float model input (as the data pipeline gives it) -> the integer input of the network (int64)."""
+    enc = net_or_encoding.encoding if isinstance(net_or_encoding, IntNet) else net_or_encoding
+    return np.clip(_encode_unclipped(enc, x), int(enc.get("min", 0)), int(enc["levels"])).astype(np.int64)
+
+
+def input_out_of_range(net_or_encoding: IntNet | Mapping[str, Any], x: torch.Tensor | np.ndarray) -> int:
+    """How many input values :func:`encode_input` clips (outside the integer input's range)."""
+    enc = net_or_encoding.encoding if isinstance(net_or_encoding, IntNet) else net_or_encoding
+    raw = _encode_unclipped(enc, x)
+    return int(((raw < int(enc.get("min", 0))) | (raw > int(enc["levels"]))).sum())
+
+
+def decode_input(net_or_encoding: IntNet | Mapping[str, Any], x_int: np.ndarray) -> torch.Tensor:
+    """The float model input that ``x_int`` represents (inverse of :func:`encode_input` on its range)."""
+    enc = net_or_encoding.encoding if isinstance(net_or_encoding, IntNet) else net_or_encoding
+    a = np.asarray(x_int, np.float64)
+    if enc.get("kind") != "event_counts":
+        a = a / float(enc["levels"])
+        if enc.get("mean") is not None:
+            shape = (-1, 1, 1)
+            a = (a - np.asarray(enc["mean"]).reshape(shape)) / np.asarray(enc["std"]).reshape(shape)
+    return torch.from_numpy(a).to(torch.float32)
 
 
 def decode_logits(net: IntNet, v: np.ndarray) -> np.ndarray:
@@ -1084,5 +1109,7 @@ def export_lava(checkpoint_or_model: Any, out_path: str | os.PathLike, calib: An
     if batches:
         from .agreement import compare
 
-        summary["calibration"] = compare(net, batches, graph=graph, progress=False)
+        # calibration inputs may lie off the integer input's range (sdt-export --validate draws N(0,1) pixels):
+        # the float side gets what the integer input represents, so the network is compared, not the clipping
+        summary["calibration"] = compare(net, batches, graph=graph, progress=False, float_input="encoded")
     return summary

@@ -66,8 +66,9 @@ class FiringRates:
             entry = {"shape": self.shape[name], "mean": sum(rate) / len(rate), "non_zero_mean": sum(nz) / len(nz),
                      "per_step": rate, "non_zero_per_step": nz}
             if self.binary[name]:
-                firing[name] = {"shape": entry["shape"], "firing_rate": entry["mean"], "non_zero": entry["non_zero_mean"],
-                                "firing_rate_per_step": rate, "non_zero_per_step": nz}
+                firing[name] = {"shape": entry["shape"], "firing_rate": entry["mean"],
+                                "non_zero": entry["non_zero_mean"], "firing_rate_per_step": rate,
+                                "non_zero_per_step": nz}
                 for t in range(len(rate)):
                     by_time[f"t{t}"]["firing_rate"][name] = rate[t]
                     by_time[f"t{t}"]["non_zero"][name] = nz[t]

@@ -118,33 +118,39 @@ def mini_sdt_inputs(seed: int = 0, B: int = 10) -> np.ndarray:
 # ------------------------------------------------------------------------------------- literal step reference
 
 
-def _naive_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int, groups: int) -> np.ndarray:
+def _two(v) -> tuple[int, int]:
+    return (int(v), int(v)) if np.ndim(v) == 0 else (int(v[0]), int(v[1]))
+
+
+def _naive_conv(x: np.ndarray, w: np.ndarray, stride, padding, groups: int) -> np.ndarray:
     """Cross-correlation of one (C,H,W) tensor by explicit loops (zero padding)."""
     cout, cin_g, kh, kw = w.shape
     c, h, wd = x.shape
-    xp = np.zeros((c, h + 2 * padding, wd + 2 * padding), np.int64)
-    xp[:, padding:padding + h, padding:padding + wd] = x
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    (sh, sw), (ph, pw) = _two(stride), _two(padding)
+    xp = np.zeros((c, h + 2 * ph, wd + 2 * pw), np.int64)
+    xp[:, ph:ph + h, pw:pw + wd] = x
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
     out = np.zeros((cout, ho, wo), np.int64)
     per_group = cout // groups
     for co in range(cout):
         g = co // per_group
         for oy in range(ho):
             for ox in range(wo):
-                patch = xp[g * cin_g:(g + 1) * cin_g, oy * stride:oy * stride + kh, ox * stride:ox * stride + kw]
+                patch = xp[g * cin_g:(g + 1) * cin_g, oy * sh:oy * sh + kh, ox * sw:ox * sw + kw]
                 out[co, oy, ox] = int((patch * w[co]).sum())
     return out
 
 
-def _naive_maxpool(a: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
+def _naive_maxpool(a: np.ndarray, k, s, p) -> np.ndarray:
     c, h, w = a.shape
-    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    (kh, kw), (sh, sw), (ph, pw) = _two(k), _two(s), _two(p)
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     out = np.zeros((c, ho, wo), np.int64)
     for ch in range(c):
         for oy in range(ho):
             for ox in range(wo):
-                ys = [y for y in range(oy * s - p, oy * s - p + k) if 0 <= y < h]  # -inf padding: skip
-                xs = [x for x in range(ox * s - p, ox * s - p + k) if 0 <= x < w]
+                ys = [y for y in range(oy * sh - ph, oy * sh - ph + kh) if 0 <= y < h]  # -inf padding: skip
+                xs = [x for x in range(ox * sw - pw, ox * sw - pw + kw) if 0 <= x < w]
                 out[ch, oy, ox] = a[ch][np.ix_(ys, xs)].max()
     return out
 
@@ -154,8 +160,8 @@ def _syn_current(net: IntNet, s: Synapse, x: np.ndarray) -> np.ndarray:
     src = net.population(s.src)
     x = x if s.graded else (x != 0).astype(np.int64)
     if s.kind == "conv":
-        acc = _naive_conv(x.reshape(src.shape), np.asarray(s.weight, np.int64), int(s.attrs.get("stride", 1)),
-                          int(s.attrs.get("padding", 0)), int(s.attrs.get("groups", 1))).ravel()
+        acc = _naive_conv(x.reshape(src.shape), np.asarray(s.weight, np.int64), s.attrs.get("stride", 1),
+                          s.attrs.get("padding", 0), int(s.attrs.get("groups", 1))).ravel()
     elif s.kind == "dense":
         acc = np.asarray(s.weight, np.int64) @ x
     else:
@@ -189,7 +195,8 @@ def step_reference(net: IntNet, x: np.ndarray) -> tuple[dict[str, np.ndarray], d
             bias = 0 if p.bias_mant is None else p.bias_mant
             u, v = state[p.name]
             if p.kind == "maxpool":
-                k, st, pa = p.attrs["kernel"], p.attrs["stride"], p.attrs["padding"]
+                k = p.attrs.get("kernel", p.attrs.get("kernel_size"))
+                st, pa = p.attrs.get("stride", k), p.attrs.get("padding", 0)
                 outs[p.name][t] = _naive_maxpool(a.reshape(p.attrs["in_shape"]), k, st, pa).ravel()
                 continue
             if p.kind == "gate":
@@ -227,7 +234,7 @@ def _compare_with_reference(net: IntNet, xs: np.ndarray) -> None:
             assert np.unique(res.final_v[p.name]).size > 1
             continue
         assert 0 < active[p.name], f"{p.name} never active: the test would not exercise it"
-        if p.kind in ("lif", "gate"):
+        if p.kind in ("lif", "gate") and (net.synapses_into(p.name) or net.edges_into(p.name)):  # not a constant
             assert active[p.name] < total, f"{p.name} always active"
 
 
@@ -305,6 +312,9 @@ def test_every_kernel_path_matches_step_reference():
     syns = (
         Synapse("c0", "inp", "s0", "conv", _even(rng, -40, 40, (6, 3, 3, 3)), graded=True, attrs=dict(padding=1)),
         Synapse("c1", "s0", "s1", "conv", _even(rng, -80, 80, (8, 6, 3, 3)), attrs=dict(stride=2, padding=1)),
+        # a second weight term of the same conv (overlapping rows, own exponent): shares the im2col with c1
+        Synapse("c1b", "s0", "s1", "conv", _even(rng, -120, 120, (8, 6, 3, 3)), weight_exp=-3,
+                attrs=dict(stride=2, padding=1)),
         Synapse("c2", "s1", "s2", "conv", _even(rng, -100, 100, (8, 8, 2, 2)), attrs=dict(stride=2), weight_exp=1),
         Synapse("c3", "s2", "s3", "conv", _even(rng, -120, 120, (5, 8, 1, 1)), weight_exp=-1),
         Synapse("dw", "s2", "g", "conv", np.ones((8, 1, 3, 3), np.int64), attrs=dict(padding=1, groups=8)),
@@ -315,9 +325,41 @@ def test_every_kernel_path_matches_step_reference():
     )
     net = IntNet(pops, syns, (), 3, {}, {})
     modes = {s.names[0]: s.mode for item in Executor(net).plan for s in item.syns}
-    assert modes == {"c0": "float", "c1": "int8", "c2": "int8", "c3": "int8", "dw": "float", "odd": "float",
-                     "fc": "int8", "sp": "sparse"}
+    assert modes == {"c0": "float", "c1": "int8", "c1b": "int8", "c2": "int8", "c3": "int8", "dw": "float",
+                     "odd": "float", "fc": "int8", "sp": "sparse"}
     _compare_with_reference(net, np.random.default_rng(8).integers(0, 10, (6, 3, 8, 8)))
+
+
+def test_always_on_bias_source_and_batch_of_one():
+    """A (1,) always-on gate feeding per-neuron biases through a dense synapse (as the quantiser emits), batch size 1:
+    size-1 dimensions must not confuse the int8 GEMM."""
+    rng = np.random.default_rng(3)
+    pops = (_pop("inp", "input", (2, 4, 4)), _pop("on", "gate", (1,), du=4095, dv=0, vth=0, bias_mant=np.array([1])),
+            _pop("l", "lif", (4, 4, 4), du=4095, dv=2048, vth=300),
+            _pop("o", "integrator", (3,), du=4095, dv=0, vth=131071))
+    syns = (Synapse("c", "inp", "l", "conv", _even(rng, -40, 40, (4, 2, 3, 3)), graded=True, attrs=dict(padding=1)),
+            Synapse("b", "on", "l", "dense", _even(rng, -250, 250, (64, 1)), weight_exp=1),
+            Synapse("b2", "on", "o", "dense", np.array([[6], [-8], [100]]), weight_exp=3),
+            Synapse("fc", "l", "o", "dense", _even(rng, -60, 60, (3, 64))))
+    net = IntNet(pops, syns, (), 3, {}, {})
+    assert {s.names[0]: s.mode for i in Executor(net).plan for s in i.syns}["b"] == "int8"
+    xs = np.random.default_rng(5).integers(0, 8, (2, 2, 4, 4))
+    _compare_with_reference(net, xs[:1])
+    _compare_with_reference(net, xs)
+
+
+def test_quantised_tiny_sdt_matches_step_reference():
+    """The real quantiser's tiny SDT (weight terms, per-term exponents, always-on bias source, relay, gates)."""
+    quantize = pytest.importorskip("deploy.quantize", reason="deploy.quantize is not written yet")
+    from_model = pytest.importorskip("export.from_model", reason="export.from_model is not written yet")
+    if not hasattr(quantize, "quantize") or not hasattr(quantize, "encode_input"):
+        pytest.skip("deploy.quantize has no quantize() / encode_input() yet")
+    from tests.conftest import tiny_model
+
+    g = torch.Generator().manual_seed(1)
+    net = quantize.quantize(from_model.build_graph(tiny_model()), calib=torch.rand(8, 3, 16, 16, generator=g))
+    xs = quantize.encode_input(net, torch.rand(2, 3, 16, 16, generator=g))
+    _compare_with_reference(net, xs)
 
 
 def test_record_shapes_and_dtypes():

@@ -24,8 +24,8 @@ from deploy.executor import run_intnet, synapse_matrix
 from deploy.fixed_point import V_CLIP_LIMIT, quantize_dense_weights
 from deploy.intnet import IntNet, load, save
 from deploy.quantize import (QuantConfig, QuantizationError, _compose_avgpool, _conv_token_sum, _lower, _Term,
-                             decode_logits, detect_input_levels, encode_input, export_lava, quantize_graph,
-                             quantize_model)
+                             decode_input, decode_logits, detect_input_levels, encode_input, export_lava,
+                             input_out_of_range, quantize_graph, quantize_model)
 from export.from_model import build_graph
 from export.graph import fold_bn
 from export.run_graph import run_graph
@@ -37,6 +37,7 @@ VARIANTS = {
     "nir_clean-1111": dict(variant="nir_clean", pooling_stat="1111"),
     "plif": dict(spike_mode="plif"),
     "mlp_ratio1-2blocks": dict(mlp_ratios=1, depths=2),
+    "dvs": dict(in_channels=2, dvs_mode=True),  # event frames, Erode windows (spatial and head layout)
 }
 
 
@@ -53,6 +54,12 @@ def _grid_images(n: int, seed: int, shape=(3, 16, 16)) -> torch.Tensor:
     """Random images on the 8-bit grid, so the integer input is exact and only the network is compared."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, *shape), generator=g).float() / 255
+
+
+def _inputs(variant: str, n: int, seed: int) -> torch.Tensor:
+    if variant == "dvs":  # event counts per frame, [B, T, 2, H, W]
+        return torch.randint(0, 4, (n, 4, 2, 16, 16), generator=torch.Generator().manual_seed(seed)).float()
+    return _grid_images(n, seed)
 
 
 # ------------------------------------------------------------------------------------ independent checks
@@ -126,7 +133,7 @@ def test_variants_quantise_validate_and_agree(variant, tmp_path):
     _assert_no_overflow_possible(net)
     kinds = {p.kind for p in net.populations}
     assert {"input", "lif", "gate", "integrator"} <= kinds
-    assert ("maxpool" in kinds) == (variant in ("official-1111", "official-0011", "plif", "mlp_ratio1-2blocks"))
+    assert ("maxpool" in kinds) == (variant != "nir_clean-1111")  # the official real-valued SPS max-pool
     if variant == "plif":
         assert {p.dv for p in net.populations if p.kind == "lif"} - {2048}, "PLIF decays must set their own dv"
 
@@ -137,7 +144,7 @@ def test_variants_quantise_validate_and_agree(variant, tmp_path):
     save(load(a), c)
     assert a.read_bytes() == b.read_bytes() == c.read_bytes()
 
-    x = _grid_images(32, 1)
+    x = _inputs(variant, 32, 1)
     r = compare(load(a), [(x, None)], graph=graph)
     assert r["overflow"]["u_wraps"] == 0 and r["overflow"]["v_clips"] == 0
     layers = r["layers"]
@@ -161,17 +168,29 @@ def test_quantisation_is_deterministic(tmp_path):
 
 
 def test_gates_and_talking_heads_are_exact():
-    """AND gates, OR windows (binary max-pool) and the count LIF reproduce their logic on the integer spikes."""
-    for variant in ("official-0011", "nir_clean-1111"):
+    """AND gates, OR windows (binary max-pool, DVS erode) and the count LIF reproduce their logic on the integer
+    spikes."""
+    from export import kernels as K
+
+    for variant in ("official-0011", "nir_clean-1111", "dvs"):
         net, _, graph = quantize_model(_model(variant))
-        res = run_intnet(net, encode_input(net, _grid_images(16, 2)), record="all")
+        res = run_intnet(net, encode_input(net, _inputs(variant, 16, 2)), record="all")
         o = {k: torch.from_numpy(v.astype(np.float32)) for k, v in res.outputs.items()}
         k, v, q = o["MS_SSA_Conv0_k_lif"], o["MS_SSA_Conv0_v_lif"], o["MS_SSA_Conv0_q_lif"]
         kv = o["MS_SSA_Conv0_kv_before"]
         assert torch.equal(kv, k * v)
+        if variant == "dvs":  # Erode: spatial 3x3 on k and v, head-layout windows on kv and on q AND kv
+            assert torch.equal(k, K.erode_spatial(o["block.0.attn.k_lif"]))
+            assert torch.equal(v, K.erode_spatial(o["block.0.attn.v_lif"]))
+            kv = o["block.0.attn.kv_pool"]
+            assert torch.equal(kv, K.erode_heads(o["MS_SSA_Conv0_kv_before"], 4))
         count = kv.sum(dim=(3, 4), keepdim=True)
         assert torch.equal(o["MS_SSA_Conv0_kv"], (count >= 1).float())  # official: fires iff count >= 1
-        assert torch.equal(o["MS_SSA_Conv0_x_after_qkv"], q * o["MS_SSA_Conv0_kv"])
+        y = q * o["MS_SSA_Conv0_kv"]
+        if variant == "dvs":
+            assert torch.equal(o["block.0.attn.qkv"], y)
+            y = K.erode_heads(y, 4)
+        assert torch.equal(o["MS_SSA_Conv0_x_after_qkv"], y)
         for node in graph:
             if node.op == "maxpool_binary":
                 src = o[node.inputs[0]]
@@ -295,15 +314,40 @@ def test_export_lava_writes_a_reloadable_network(tmp_path):
     ckpt = tmp_path / "m.pth.tar"
     save_checkpoint(ckpt, _model("official-0011"))
     out = tmp_path / "m.intnet.npz"
-    x = _grid_images(16, 6)
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(6))  # what sdt-export --validate passes
     summary = export_lava(str(ckpt), out, calib=(x, None))
     assert summary["path"] == str(out) and summary["bytes"] == out.stat().st_size
-    assert summary["calibration"]["overflow"]["u_wraps"] == 0 and summary["calibration"]["samples"] == 16
+    cal = summary["calibration"]
+    assert cal["overflow"]["u_wraps"] == 0 and cal["samples"] == 16
+    # about half of N(0,1) pixels fall outside [0, 1]: the float side is given what the integer input represents
+    assert cal["float_input"] == "encoded" and 0.4 < cal["input_clipped"] < 0.7
     net = load(out)
-    assert net.metadata["source"] == "m.pth.tar" and net.encoding["levels"] == 255
+    assert net.metadata["source"] == "m.pth.tar" and net.encoding["levels"] == 255  # N(0,1) is on no grid
+    assert input_out_of_range(net, x) == round(cal["input_clipped"] * x.numel())
+    xi = encode_input(net, x)
+    assert np.array_equal(encode_input(net, decode_input(net, xi)), xi)
     assert [p.name for p in net.populations][:2] == ["input", "MS_SPS_lif"]
 
 
 def test_headless_model_is_refused():
     with pytest.raises(Exception, match="Linear head"):
         quantize_model(tiny_model(num_classes=0))
+
+
+def test_bias_synapse_carries_coarse_biases_from_an_always_on_population():
+    model = _model("official-0011")
+    net, rep, graph = quantize_model(model, config=QuantConfig(bias_synapse=True))
+    base, _, _ = quantize_model(model)
+    _lava_limits(net)
+    _assert_no_overflow_possible(net)
+    src = net.population("bias")
+    assert src.kind == "gate" and src.size == 1 and not net.synapses_into("bias") and not net.edges_into("bias")
+    fed = {s.dst for s in net.synapses if s.src == "bias"}
+    assert "MS_SPS_lif" in fed and all(net.population(d).bias_exp == 0 for d in fed)  # the rest: exact mantissa
+    x = _grid_images(32, 7)
+    res = run_intnet(net, encode_input(net, x), record=["bias"])
+    assert res.outputs["bias"].all() and res.overflow.total == 0  # fires at every step, whatever the input
+    a_bias = compare(net, [(x, None)], graph=graph)["layers"]
+    a_base = compare(base, [(x, None)], graph=graph)["layers"]
+    assert "bias" not in a_bias  # not a graph node: no spike agreement for it
+    assert sum(v["spike_agreement"] for v in a_bias.values()) > sum(v["spike_agreement"] for v in a_base.values())

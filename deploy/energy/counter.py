@@ -370,16 +370,23 @@ class EnergyCounter:
         structure (the DVS head-layout erode)."""
         xf = x if x.dtype == torch.float32 else x.to(torch.float32)
         S = xf.shape[0]
-        out = {("", "nnz"): xf.reshape(S, -1).sum(1).to(torch.float64).numpy()}
-        pos = chan = None
+        forms = {m.form for m in src.maps}
+        # one pass over the tensor per reduction; the spike count comes from whichever reduction is needed anyway
+        pos = (xf.sum(1) if src.c > 1 else xf[:, 0]).to(torch.float64) if "pos" in forms else None  # [S, HW]
+        chan = None
+        if forms & {"chan", "chan+border"}:
+            chan = (xf.sum(2) if src.hw > 1 else xf[:, :, 0]).to(torch.float64)  # [S, C]
+        if pos is not None:
+            nnz = pos.sum(1)
+        elif chan is not None:
+            nnz = chan.sum(1)
+        else:
+            nnz = xf.reshape(S, -1).sum(1).to(torch.float64)
+        out = {("", "nnz"): nnz.numpy()}
         for m in src.maps:
             if m.form == "pos":
-                if pos is None:
-                    pos = xf.sum(1).to(torch.float64)  # [S, HW]
                 v = pos @ m.vec
             elif m.form in ("chan", "chan+border"):
-                if chan is None:
-                    chan = xf.sum(2).to(torch.float64)  # [S, C]
                 v = chan @ m.vec
                 if m.form == "chan+border":
                     v = v + (xf[:, :, m.idx].to(torch.float64) * m.corr).sum((1, 2))

@@ -249,6 +249,16 @@ def _fmt(x: Any, unit: str = "") -> str:
     return f"{x:,.4g}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
+def _break_even_text(be: float | None) -> str:
+    if be is None:
+        return "n/a (no spike-driven energy)"
+    if be <= 0:
+        return f"none: loses even at rate 0 ({_fmt(be)})"
+    if be > 1:
+        return f"{_fmt(be)} (> 1: wins at any rate)"
+    return _fmt(be)
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -270,7 +280,7 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, str, list[tuple[list[st
     for key, c in comp.items():
         be = c["break_even_rate"]
         rows.append([tiers[key]["title"], _fmt(c["snn_pj"], "pJ"), _fmt(c["ann_pj"], "pJ"), _fmt(c["ann_over_snn"]),
-                     _fmt(be) if be is None or be <= 1 else f"{_fmt(be)} (> 1: wins at any rate)"])
+                     _break_even_text(be)])
     secs.append(("SNN vs equivalent ANN, per sample",
                  f"Break-even: the average firing rate at which the SNN's energy equals the ANN's, all spike-driven "
                  f"counts scaled with it (measured: {_fmt(doc['mean_firing_rate'])}). The ANN is the same "
@@ -291,15 +301,15 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, str, list[tuple[list[st
         if v:
             tables.append((["sensitivity", "SNN", "ANN", "break-even rate"], [
                 ["as above", _fmt(comp[key]["snn_pj"], "pJ"), _fmt(comp[key]["ann_pj"], "pJ"),
-                 _fmt(comp[key]["break_even_rate"])],
+                 _break_even_text(comp[key]["break_even_rate"])],
                 ["SNN accumulators in registers (no per-event SRAM read/write)",
                  _fmt(v["snn_without_accumulator_traffic_pj"], "pJ"), _fmt(comp[key]["ann_pj"], "pJ"),
-                 _fmt(v["break_even_rate_without_accumulator_traffic"])],
+                 _break_even_text(v["break_even_rate_without_accumulator_traffic"])],
                 ["ANN without data reuse (Lemaire FNN: a weight and an input read per MAC)",
                  _fmt(comp[key]["snn_pj"], "pJ"), _fmt(v["ann_without_reuse_pj"], "pJ"),
-                 _fmt(v["break_even_rate_ann_without_reuse"])],
+                 _break_even_text(v["break_even_rate_ann_without_reuse"])],
                 ["both", _fmt(v["snn_without_accumulator_traffic_pj"], "pJ"), _fmt(v["ann_without_reuse_pj"], "pJ"),
-                 _fmt(v["break_even_rate_both"])]]))
+                 _break_even_text(v["break_even_rate_both"])]]))
         secs.append((f"Tier {t['title']}", text, tables, []))
     rows = []
     for key, o in doc["paper_omissions"].items():

@@ -83,7 +83,10 @@ class TETLoss(nn.Module):
 
 
 def build_train_loss(args: argparse.Namespace, mixup_on: bool) -> nn.Module:
-    """Official choice: mixup -> SoftTargetCrossEntropy; smoothing -> LabelSmoothingCrossEntropy; else CE; TET wraps it."""
+    """Official choice: mixup -> SoftTargetCrossEntropy; smoothing -> LabelSmoothingCrossEntropy; else CE.
+
+    With TET the chosen loss is applied per time step inside :class:`TETLoss`.
+    """
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     if mixup_on:

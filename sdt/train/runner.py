@@ -29,7 +29,7 @@ from .data import build_loaders
 from .loop import StepState, train_one_epoch, validate
 from .recipe import build_ema, build_mixup, build_optimizer, build_scaler, build_scheduler, build_train_loss
 from .rng import get_rng_state, seed_everything, set_deterministic, set_rng_state
-from .saver import CheckpointSaver, resume_file
+from .saver import CheckpointSaver, load_resume
 from .summary import Summary
 
 
@@ -97,14 +97,13 @@ def _check_data(args: argparse.Namespace, loaders: Any) -> None:
                         f"{args.num_classes}; pass --num-classes {loaders.num_classes}")
 
 
-def restore(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-            scheduler: Any) -> tuple[int, StepState, dict[str, Any]]:
+def restore_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                       scheduler: Any) -> tuple[int, StepState, dict[str, Any]]:
     """Load ``--resume`` into the model (strict) and, unless ``--no-resume-opt``, optimizer, scaler, scheduler.
 
     Returns ``(start_epoch, step state within it, the checkpoint dict)``.
     """
-    path = resume_file(args.resume)
-    resumed = read_checkpoint(path)
+    path, resumed = load_resume(args.resume)
     resumed["_path"] = str(path)
     cfg = resumed.get("model_config")
     if isinstance(cfg, dict):
@@ -177,7 +176,7 @@ def _train(args: argparse.Namespace, warnings: list[str], info: D.DistInfo) -> i
 
     start_epoch, start, resumed = 0, StepState(), None
     if args.resume:
-        start_epoch, start, resumed = restore(args, model, optimizer, scaler, scheduler)
+        start_epoch, start, resumed = restore_checkpoint(args, model, optimizer, scaler, scheduler)
         log(info, f"resumed from {resumed['_path']} at epoch {start_epoch}"
                   + (f", step {start.step}" if start.step else ""))
     if args.start_epoch is not None:

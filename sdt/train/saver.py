@@ -120,21 +120,22 @@ class CheckpointSaver:
         save_checkpoint(self.dir / RECOVERY, model, saver=self.state_dict(), **extra)
 
 
-def resume_file(path: str | os.PathLike) -> Path:
-    """The checkpoint to resume from: ``path`` itself, or in a folder the most advanced of recovery / last."""
+def load_resume(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint to resume from and its contents: ``path`` itself, or in a folder the most advanced of
+    ``recovery`` / ``last`` (by next epoch, then next step)."""
     p = Path(path)
     if not p.is_dir():
-        return p
-    best: tuple[tuple[int, int], Path] | None = None
+        return p, read_checkpoint(p)
+    best: tuple[tuple[int, int], Path, dict[str, Any]] | None = None
     for name in (LAST, RECOVERY):
         f = p / name
         if f.is_file():
             ck = read_checkpoint(f)
             pos = (int(ck.get("next_epoch", int(ck.get("epoch", -1)) + 1)), int(ck.get("next_step", 0)))
             if best is None or pos > best[0]:
-                best = (pos, f)
+                best = (pos, f, ck)
     if best is None:
         from ..errors import CheckpointError
 
         raise CheckpointError(f"--resume {p}: the folder holds no {LAST} or {RECOVERY}")
-    return best[1]
+    return best[1], best[2]
