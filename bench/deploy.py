@@ -11,7 +11,8 @@ Rows (every ratio is against a baseline measured in the same run, interleaved, m
    the quantised SDT, random Lava-legal integer weights): the executor's cost depends on shapes, not on values.
 2. Lava (``Loihi2SimCfg(select_tag='fixed_pt')``, CPU) compile time and per-sample time for the tiny SDT
    (1 block, 32 dims, 16x16, T=4). Targets <= 15 s compile, <= 2 s per sample.
-3. N consecutive Lava samples: child processes, /dev/shm entries and open fds before / after (must not grow).
+3. N consecutive Lava samples (single and pipelined calls alternating): child processes, /dev/shm entries and open
+   fds before / after (must not grow), and which Lava processes had to be killed (none should).
 """
 from __future__ import annotations
 
@@ -133,7 +134,6 @@ def standin_intnet(cfg: dict[str, Any], seed: int = 0) -> IntNet:
     pops.append(Population("head", "integrator", (cfg["num_classes"],), du=4095, dv=0, vth=131071,
                            bias_mant=rng.integers(-64, 64, cfg["num_classes"]), bias_exp=6))
     syns.append(Synapse("head_fc", head, "head", "dense", w((cfg["num_classes"], d), 100)))
-    # reorder: populations in the order created are topological except that the relay's consumers come later
     net = IntNet(tuple(pops), tuple(syns), tuple(edges), T, {"mode": "repeat", "stand_in": True}, {"scale": 1.0},
                  {"stand_in": "bench/deploy.py structural stand-in, random weights"})
     net.validate()
@@ -233,16 +233,17 @@ def bench_lava(samples: int) -> None:
     per_call_fds = []
     t0 = time.perf_counter()
     with LavaRunner(net) as r:
-        done = 0
-        while done < samples:
-            k = min(10, samples - done)
-            r.run_many(xs[np.arange(done, done + k) % len(xs)])
-            done += k
+        done = calls = 0
+        while done < samples:  # alternate single samples (run) and pipelined batches (run_many)
+            k = min(1 if calls % 2 == 0 else 9, samples - done)
+            idx = np.arange(done, done + k) % len(xs)
+            r.run(xs[idx[0]]) if k == 1 else r.run_many(xs[idx])
+            done, calls = done + k, calls + 1
             per_call_fds.append(_open_fds())
     dt = time.perf_counter() - t0
     gc.collect()
     c1, s1, f1 = child_pids(), shm_entries(), _open_fds()
-    print(f"\n[3] {samples} consecutive Lava samples in {dt:.1f} s (compile included), leaks before -> after:")
+    print(f"\n[3] {samples} consecutive Lava samples ({calls} calls) in {dt:.1f} s (compile included), before -> after:")
     print(f"    child processes {len(c0)} -> {len(c1)}   /dev/shm entries {len(s0)} -> {len(s1)}   "
           f"open fds {f0} -> {f1} (while running: {min(per_call_fds)}..{max(per_call_fds)})   "
           f"Lava processes left: {r.leaks}")
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--budget", type=float, default=30.0, help="seconds per timing row")
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds per timing row")
     ap.add_argument("--skip-lava", action="store_true")
     ap.add_argument("--lava-samples", type=int, default=100)
     args = ap.parse_args(argv)

@@ -3,16 +3,20 @@
 The network has no recurrent synapses (sources always precede targets), so the aligned schedule can be evaluated
 **population by population over all T steps at once**, exactly as the float model runs layer by layer with time folded
 into the batch: every incoming synapse of a population is applied to its source's outputs of all T steps in one call,
-then the neuron recurrence runs over T. The result equals the step-by-step schedule of ``deploy/intnet.py``.
+then the neuron recurrence runs over T. The result equals the step-by-step schedule of ``deploy/intnet.py``
+(``tests/test_executor.py`` checks it against a literal step-by-step loop).
 
-Synapses (exact integer arithmetic):
-    ``conv`` through ``torch.nn.functional.conv2d``, ``dense`` through a matmul, ``sparse`` through scipy. They run in
-    float32 when a per-synapse bound ``max_dst sum|w| * max|x| * 2**weight_exp`` (summed over everything that enters
-    the population) is below 2**24, so every partial sum is an exactly representable integer; else float64 (< 2**53),
-    else int64 (scipy / numpy). A source that is the same at every step (a static input) is convolved once, not T times.
+Synapses (exact integer arithmetic; each produces its raw sum ``W @ x``, the exponent is applied per synapse):
+    on spikes (0/1) with weights that fit int8 (mixed 8-bit weights are even, so ``w/2`` does): **int8 x int8 -> int32
+    GEMMs** (``torch._int_mm``, exact), convs through an int8 im2col shared by the weight terms of one conv; neurons
+    are stored channels-last internally so that no layout copies are needed. Otherwise (graded inputs, odd weights
+    above 127, grouped convs) ``conv2d`` / matmul in float32 when ``max_row sum|w| * max|x| < 2**24`` (every partial
+    sum is then an exactly representable integer), float64 below 2**53, else scipy int64. ``sparse`` synapses: scipy.
+    Synapses with disjoint output rows from one source (per-channel exponent groups) are merged into one kernel.
 Neurons:
-    through ``deploy.fixed_point`` (``lif_step``, ``lifreset_step``) on int64 arrays, split over the batch into one chunk
-    per thread (NumPy releases the GIL, so the recurrence uses every core without per-neuron Python loops).
+    through ``deploy.fixed_point`` (``lif_step``, ``lifreset_step``) on int64 blocks of ~32k neurons (cache-sized, in
+    parallel threads: NumPy releases the GIL); each block first sums its exact input ``a`` from the synapses' raw sums
+    (shifted by their exponents, arithmetic right shift = Lava's floor) and the direct edges.
 Weights:
     must already be what Lava's fixed-point Dense/Sparse uses (clipped, low bits truncated, 8 weight bits); a weight
     Lava would change is refused with a ``ValueError`` rather than silently altered.
@@ -26,7 +30,6 @@ Usage::
 """
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

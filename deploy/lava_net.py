@@ -242,7 +242,7 @@ class _Engine:
         self.children: set[int] = set()
         self.step = 0  # Lava steps run so far (always a multiple of T between calls)
         self.timings: dict[str, float] = {}
-        # one segment of steps is at most T + L + T - 1 long; the pipes must hold a segment's frames
+        # run_many keeps every segment of steps within T + L; the pipes must hold one segment of frames
         self.pipe = 2 * self.T + self.L
 
     def build(self) -> None:
@@ -349,8 +349,16 @@ class _Engine:
         n_in = self.pops[self.spec["input"]]["size"]
         zero = np.zeros(n_in, np.int32)
         rec = {name: np.zeros((S, T, self.pops[name]["size"]), np.int32) for name in self.sinks}
+        stops = sorted(set(reads) | {end})
+        step, bounded = g0, []
+        for stop in stops:  # no segment longer than T + L steps: the input / record pipes hold one segment
+            while stop - step > T + L:
+                step += T
+                bounded.append(step)
+            bounded.append(stop)
+            step = stop
         step = g0
-        for stop in sorted(set(reads) | {end}):
+        for stop in bounded:
             for g in range(step + 1, stop + 1):  # queue this segment's input frames: sample k's step t, or zeros
                 k, t = divmod(g - g0 - 1, T)
                 self.anchor.send(frames[k][t] if k < S else zero)
@@ -570,14 +578,16 @@ class LavaRunner:
             return
         self._closed = True
         report: dict[str, list] = {"killed": [], "alive": []}
+        answered = False
         try:
             if self._engine is not None:
                 report = self._engine.close()
             elif self._host is not None and self._host.poll() is None:
                 try:
                     report = self._call("close")
+                    answered = True
                 except (EOFError, TimeoutError, OSError, LavaHostError):
-                    pass
+                    pass  # a hung or dead host: it is terminated below, its Lava processes reaped as orphans
         finally:
             if self._host is not None:
                 for stream in (self._host.stdin, self._host.stdout):
@@ -585,15 +595,17 @@ class LavaRunner:
                         stream.close()  # type: ignore[union-attr]
                     except OSError:
                         pass
+                if not answered and self._host.poll() is None:
+                    self._host.terminate()
                 try:
-                    self._host.wait(timeout=30)
+                    self._host.wait(timeout=30 if answered else 5)
                 except subprocess.TimeoutExpired:
                     self._host.kill()
                     self._host.wait()
             # the host's children were re-parented when it exited; none may survive it
             orphans = _alive(self._host_children)
-            if orphans:
-                _reap(orphans, timeout=5.0)
+            if orphans:  # the host died without stopping them: they wait on channels forever, so do not wait long
+                _reap(orphans, timeout=0.5)
             # the host's resource tracker unlinks any shared memory a crashed host left behind, then exits: wait for it
             deadline = time.monotonic() + 10.0
             while _alive(self._host_helpers) and time.monotonic() < deadline:
@@ -673,9 +685,7 @@ def run_lava(net: "IntNet", x_int: np.ndarray, record: Record = None, **runner_k
     x_int = np.asarray(x_int)
     with LavaRunner(net, record, **runner_kw) as runner:
         res = runner.run_many(list(x_int))
-    names = {p.name: p for p in net.populations}
     final_v = {k: np.stack([r.final_v[k] for r in res]) for k in res[0].final_v} if res else {}
     outputs = {k: np.stack([r.outputs[k] for r in res], axis=1) for k in runner.record} if res else {}
     counts = {k: np.array([r.spike_counts[k] for r in res], np.int64) for k in runner.record}
-    del names
     return ExecResult(net.T, final_v, outputs, counts, OverflowCounters(), {})

@@ -7,9 +7,9 @@
   edge, or the source side of a synapse) arrives in step with the longest path into its target.
 * :class:`FrameSource` / :class:`FrameSink` — per-sample input and recording through Lava's external pipes (the
   mechanism of ``lava.proc.io.injector``/``extractor``), with int32 ports. They replace ``RingBuffer`` source/sink
-  because ``Var.set``/``Var.get`` move **one message per array element** through the runtime (seconds per sample for a
-  16x16x3 input), while a pipe moves one message per step. ``Injector``/``Extractor`` themselves use float ports,
-  which break a graded fixed-point ``Sparse`` (it shifts its sums with ``np.right_shift``).
+  because ``Var.set``/``Var.get`` move **one message per array element** through the runtime (measured: 0.5 s to set a
+  RingBuffer's 16x16x3 x 20-step data), while a pipe moves one message per step. ``Injector``/``Extractor`` themselves
+  use float ports, which break a graded fixed-point ``Sparse`` (it shifts its sums with ``np.right_shift``).
 
 Processes (the *what*) come first; their ProcessModels (the *how*: ``PyLoihiProcessModel``, ``LoihiProtocol``, CPU,
 tag ``fixed_pt``) follow. Ports carry flat int32 vectors, as every other process of ``deploy.lava_net``.

@@ -60,8 +60,8 @@ from .fixed_point import V_CLIP_LIMIT, quantize_dense_weights
 from .intnet import IntNet, Population, Synapse, save
 
 __all__ = ["QuantConfig", "QuantizationError", "quantize", "quantize_graph", "quantize_model", "export_lava",
-           "encode_input", "decode_input", "decode_logits", "input_out_of_range", "detect_input_levels", "grid_inputs", "load_model_and_normalization",
-           "lif_population_names"]
+           "encode_input", "decode_input", "decode_logits", "input_out_of_range", "detect_input_levels", "grid_inputs",
+           "load_model_and_normalization", "lif_population_names"]
 
 VTH_MAX = (1 << 17) - 1  # Lava vth is uint17
 A_LIMIT = 1 << 17  # |a| < 2**17 keeps u = a << 6 strictly inside (-2**23, 2**23]: never wraps

@@ -414,23 +414,18 @@ def test_overflow_counters_fire_on_a_24_bit_overflowing_layer():
     quiet.overflow.assert_none()
 
 
-def test_exact_beyond_float32_range():
-    """Graded currents above 2**24 switch the synapse to float64 / int64 and stay exact."""
-    pops = (_pop("inp", "input", (1, 2, 2)), _pop("acc", "integrator", (1, 2, 2), du=4095, dv=0, vth=131071))
-    syns = (Synapse("c", "inp", "acc", "conv", np.full((1, 1, 1, 1), 254), graded=True),)
-    net = IntNet(pops, syns, (), 1, {}, {})
-    x = np.array([[[[(1 << 24) + 1, 3], [-(1 << 20) - 1, 0]]]])
-    res = run_intnet(net, x)
-    # v = (a << 6) after one step (clipped to 24 bits by Lava, which the counters report)
-    a = x.ravel() * 254
-    expected = np.clip(a << 6, -(2 ** 23 - 1), 2 ** 23 - 1)
-    assert res.overflow.total > 0
-    assert res.final_v["acc"].ravel()[1] == 3 * 254 * 64  # the small entry is exact
-    assert res.final_v["acc"].ravel()[3] == 0
-    # the big ones went through u's wrap and v's clip exactly as fixed_point does
-    u, v, _ = lif_step(np.zeros(4, np.int64), np.zeros(4, np.int64), a, 4095, 0, 131071)
-    np.testing.assert_array_equal(res.final_v["acc"].ravel(), v)
-    assert expected.shape == v.shape
+def test_exact_beyond_float32_and_float64_ranges():
+    """Graded sums above 2**24 (float64 path) and 2**53 (scipy int64 path) stay exact: a 1x1 max-pool relay passes the
+    summed current through unchanged, so its output is the raw sum itself."""
+    pops = (_pop("inp", "input", (1, 2, 2)),
+            _pop("relay", "maxpool", (1, 2, 2), attrs=dict(kernel=1, stride=1, padding=0)))
+    syns = (Synapse("c", "inp", "relay", "conv", np.full((1, 1, 1, 1), 254), graded=True),)
+    net = IntNet(pops, syns, (), 2, {}, {})
+    for big in ((1 << 24) + 1, (1 << 52) + 3):
+        x = np.array([[[[big, 3], [-big - 2, 1]]]], dtype=np.int64)
+        res = run_intnet(net, x, record={"relay"})
+        np.testing.assert_array_equal(res.outputs["relay"][0, 0, 0], x[0, 0] * 254)
+        assert float(np.float32(big * 254)) != big * 254  # float32 alone would have rounded it
 
 
 def test_weights_lava_would_change_are_refused():

@@ -157,6 +157,41 @@ def test_a_killed_host_leaves_no_process_or_shared_memory():
 
 
 @needs_lava
+def test_in_process_engine_and_batch_api_agree_with_executor():
+    """``in_process=True`` (Lava forked from this process) and ``run_lava`` (the ExecResult-shaped batch API that
+    deploy/agreement.py calls) give the executor's results."""
+    from deploy.lava_net import run_lava
+
+    net, xs = chain_net(seed=4), chain_inputs(seed=4, B=3)
+    ref = run_intnet(net, xs, record={"lif"})
+    before_children, before_shm = child_pids(), shm_entries()
+    with LavaRunner(net, record={"lif"}, in_process=True) as runner:
+        got = runner.run_many(xs)
+    assert lava_leaks(before_children, before_shm) == {"children": [], "shm": []}
+    for b, res in enumerate(got):
+        np.testing.assert_array_equal(res.outputs["lif"], ref.outputs["lif"][:, b])
+        np.testing.assert_array_equal(res.logits_int, ref.logits_int[b])
+    batch = run_lava(net, xs, record={"lif"})
+    np.testing.assert_array_equal(batch.logits_int, ref.logits_int)
+    np.testing.assert_array_equal(batch.outputs["lif"], ref.outputs["lif"])
+    np.testing.assert_array_equal(batch.spike_counts["lif"], ref.spike_counts["lif"])
+
+
+@needs_lava
+def test_network_without_integrator_streams_many_samples():
+    """No v to read, so nothing splits a long batch: the runner must still keep every segment within the pipes."""
+    net = chain_net(seed=5)
+    pops = tuple(p for p in net.populations if p.kind != "integrator")
+    net = IntNet(pops, net.synapses[:1], (), net.T, net.encoding, net.decode)
+    xs = chain_inputs(seed=5, B=12)
+    ref = run_intnet(net, xs, record={"lif"})
+    with LavaRunner(net, record={"lif"}, timeout=120) as runner:
+        got = runner.run_many(xs)
+    for b, res in enumerate(got):
+        np.testing.assert_array_equal(res.outputs["lif"], ref.outputs["lif"][:, b])
+
+
+@needs_lava
 def test_records_only_what_is_asked_and_reads_logits():
     net, xs = mini_sdt_net(), mini_sdt_inputs(B=2)
     ref = run_intnet(net, xs)
