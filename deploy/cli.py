@@ -22,16 +22,11 @@ from typing import Any, Sequence
 
 import torch
 
-from sdt.errors import UserError, cli_entry
+from sdt.errors import ArgumentParser, UserError, cli_entry
 
 from .agreement import BACKENDS
 
 CALIB_SAMPLES = 64  # training-split inputs used to find the input grid (never the evaluated split)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"sdt-deploy: {message} (see sdt-deploy --help)")
 
 
 def _levels(s: str) -> int | None:
@@ -57,7 +52,7 @@ def _positive(s: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sdt-deploy", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="sdt-deploy", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("input", help="a checkpoint (.pth/.pth.tar) or an integer network (sdt-export --to lava)")

@@ -15,16 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sdt.errors import UserError, cli_entry
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"sdt-energy: {message} (see sdt-energy --help)")
+from sdt.errors import ArgumentParser, UserError, cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sdt-energy", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="sdt-energy", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("checkpoint", help="a checkpoint file (ours or official)")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdt.atomic import atomic_path
-from sdt.errors import UserError, cli_entry
+from sdt.errors import ArgumentParser, UserError, cli_entry
 
 FORMATS = {"nir": ".nir", "onnx": ".onnx", "lava": ".intnet.npz"}
 CHECKPOINT_SUFFIXES = (".tar", ".pth", ".pt", ".ckpt", ".bin")
@@ -30,14 +30,9 @@ class ValidationFailed(Exception):
     """The exported file does not reproduce the model (not a usage error: exit status 1)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"sdt-export: {message} (see sdt-export --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.replace("``", "")
-    p = _Parser(prog="sdt-export", description=doc.split("\n\n", 1)[0], epilog=doc.split("\n\n", 1)[1],
+    p = ArgumentParser(prog="sdt-export", description=doc.split("\n\n", 1)[0], epilog=doc.split("\n\n", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("checkpoint", help="a checkpoint file (official timm format or ours)")

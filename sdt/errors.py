@@ -1,6 +1,7 @@
 """User-facing errors: one line that names the problem and the fix; CLIs print them without a traceback."""
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from typing import Callable
@@ -12,6 +13,13 @@ class UserError(Exception):
 
 class CheckpointError(UserError):
     """A checkpoint file that cannot be loaded (missing, corrupt, unsafe, or not matching the model)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for our CLIs: a bad flag raises UserError (one line, no usage dump) instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:

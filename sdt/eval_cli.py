@@ -22,19 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .errors import UserError, cli_entry
+from .errors import ArgumentParser, UserError, cli_entry
 from .firing import FiringRates
 
 LARGE_VALID = (288, 320)  # (crop, resize) of firing_num.py --large-valid
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"sdt-eval: {message} (see sdt-eval --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sdt-eval", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="sdt-eval", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("checkpoint", help="a checkpoint file (ours or official)")
