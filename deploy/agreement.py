@@ -59,7 +59,8 @@ def integer_runner(net: IntNet, backend: str = "reference", record: Iterable[str
             raise UserError(f"the lava backend is not available ({e}); use --backend reference") from None
         runner = LavaRunner(net, record=names)
         runner.compile()
-        return (lambda x: _LavaBatch([runner.run(xi) for xi in np.asarray(x)])), runner.close
+        # a batch runs pipelined: one sample every T Lava steps (each single run would drain the network)
+        return (lambda x: _LavaBatch(runner.run_many(np.asarray(x)))), runner.close
     raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

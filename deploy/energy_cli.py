@@ -60,7 +60,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from export.from_model import build_graph
 
     from .energy import EnergyCounter, analyze, write_report
-    from .energy.run import count_float, count_integer, take_batches
+    from .energy.run import count_float, count_integer, integer_weight_masks, take_batches
 
     ckpt_path = Path(args.checkpoint)
     out = Path(args.output) if args.output else ckpt_path.with_name(ckpt_path.name.split(".pth")[0] + ".energy")
@@ -96,7 +96,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         model, norm, _ = load_model_and_normalization(model, name)
         net, _, graph = quantize_model(model, norm)
-        counter = EnergyCounter(graph, static_input_once=not args.conv_input_every_step)
+        # effective ACs over the weights the integer network keeps (an 8-bit weight can round to 0)
+        counter = EnergyCounter(graph, static_input_once=not args.conv_input_every_step,
+                                weight_masks=integer_weight_masks(net, graph))
         counts, timing = count_integer(net, graph, counter, batches, total=total, progress=progress)
     else:
         graph = build_graph(model)

@@ -47,7 +47,7 @@ __all__ = ["ExecResult", "Executor", "run_intnet", "conv_to_sparse", "synapse_ma
            "current_bounds", "BINARY_KINDS", "GRADED_KINDS"]
 
 BINARY_KINDS = frozenset({"lif", "gate", "integrator"})  # output 0/1 spikes
-GRADED_KINDS = frozenset({"input", "maxpool"})  # output integers
+GRADED_KINDS = frozenset({"input", "maxpool", "relay"})  # output integers
 F32_EXACT = 1 << 24  # every integer of magnitude <= 2**24 is a float32; partial sums stay below the bound
 F64_EXACT = 1 << 53
 BLOCK = 1 << 15  # neurons per fixed-point call (cache-sized)
@@ -323,7 +323,7 @@ def _plan(net: IntNet) -> list[_Pop]:
         n_in = int(np.prod(in_shape))
         if p.kind == "input" and (net.synapses_into(p.name) or net.edges_into(p.name)):
             raise ValueError(f"input population {p.name!r} cannot receive synapses or edges")
-        if p.bias_mant is not None and p.kind in ("maxpool", "input") and np.any(p.bias_mant):
+        if p.bias_mant is not None and p.kind in GRADED_KINDS and np.any(p.bias_mant):
             raise ValueError(f"{p.kind} population {p.name!r} has no bias in Lava; fold it into its consumers")
         syns = []
         for s in net.synapses_into(p.name):
@@ -678,14 +678,17 @@ class Executor:
             counts[bs] += cnt
         return spikes, final_v, counters, counts
 
-    def _maxpool(self, item: _Pop, terms: list[_Term], edges: list[np.ndarray], B: int) -> np.ndarray:
-        """The relay: exact int64 currents (internal order of its input grid) max-pooled with -inf padding."""
+    def _relay(self, item: _Pop, terms: list[_Term], edges: list[np.ndarray], B: int) -> np.ndarray:
+        """A graded relay: exact int64 currents (internal order of its input grid), max-pooled with -inf padding for a
+        ``maxpool`` relay, passed on as they are for a ``relay``."""
         S = max([t[0].shape[0] for t in terms] + [e.shape[0] for e in edges] + [1])
         a = np.zeros((S, B, int(np.prod(item.in_shape))), np.int64)
         for raw, e in terms:
             a += _shift(raw.astype(np.int64), e)
         for ed in edges:
             a += ed
+        if item.pop.kind == "relay":
+            return a
         k, st, pa = _pool_params(item.pop)
         c, h, w = item.in_shape
         nchw = torch.from_numpy(a).view(S * B, h, w, c).permute(0, 3, 1, 2)  # channels-last memory
@@ -725,8 +728,8 @@ class Executor:
             else:
                 terms = self._terms(item, outs, out_max)
                 edges = [outs[e] for e in item.edges]
-                if p.kind == "maxpool":
-                    out = self._maxpool(item, terms, edges, B)
+                if p.kind in ("maxpool", "relay"):
+                    out = self._relay(item, terms, edges, B)
                     out_max[p.name] = int(np.abs(out).max()) if out.size else 0
                 else:
                     out, v, c, counts[p.name] = self._neurons(item, terms, edges, T, B)

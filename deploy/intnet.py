@@ -15,6 +15,8 @@ Arithmetic (Lava 0.10 fixed point, see `deploy/fixed_point.py`):
     the official real-valued SPS max-pool acting on currents). ``a`` has the pool's *input* grid, given as
     ``attrs['in_shape']`` (C,H,W) (if absent, executors take the output shape of an incoming conv synapse); padding
     never wins (``-inf``, as in PyTorch). No bias: fold it into the consumers (it commutes with the max).
+  - ``relay``: graded sum relay, ``out = a`` (a 24-bit signed payload; Lava's stock ``GradedVec`` with vth=0). It
+    holds a sum once per neuron so that readers need not repeat its terms (the head's mean over tokens). No bias.
   - ``integrator``: Lava LIF with du=4095, dv=0 and an unreachable threshold; ``v`` accumulates ``(a << 6) + bias``
     over all steps and is read once at the end (the logits).
   - ``input``: the encoded input (integers), graded.
@@ -40,7 +42,7 @@ from sdt.errors import UserError
 
 FORMAT = "sdt-intnet"
 FORMAT_VERSION = 1
-KINDS = ("input", "lif", "gate", "maxpool", "integrator")
+KINDS = ("input", "lif", "gate", "maxpool", "relay", "integrator")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ lif            ``LIFReset`` (bit-accurate LIF plus a once-per-sample reset, see 
 integrator     ``LIFReset`` likewise; its ``v`` is read once per sample (the integer logits)
 gate           ``LIFReset(reset_interval=1)``: memoryless threshold (AND / OR)
 maxpool        :class:`deploy.lava_procs.MaxPoolRelay` (graded, 0 delay)
+relay          Lava's ``GradedVec`` with ``vth=0`` (graded sum, ``s_out = a_in``, 0 delay)
 synapse        ``Sparse`` (conv / dense / sparse kinds all as a CSR matrix) with the synapse's ``weight_exp``;
                ``num_message_bits=24`` when graded, else 0 (binary)
 direct edge    a direct port connection (0 delay)
@@ -125,7 +126,7 @@ def build_spec(net: "IntNet", record: Record = None, plan: DelayPlan | None = No
             kernel = at["kernel"] if "kernel" in at else at["kernel_size"]
             d.update(in_shape=population_input_shape(net, p), kernel=kernel, stride=at.get("stride", kernel),
                      padding=at.get("padding", 0))
-        elif p.kind != "input":
+        elif p.kind not in ("input", "relay"):
             raise ValueError(f"population {p.name!r}: unknown kind {p.kind!r}")
         pops.append(d)
     syns = []
@@ -251,6 +252,8 @@ class _Engine:
 
         ensure_lava()  # before any lava import
         import scipy.sparse as sps
+        from lava.proc.graded.models import PyGradedVecModelFixed
+        from lava.proc.graded.process import GradedVec
         from lava.proc.lif.models import PyLifResetModelBitAcc
         from lava.proc.lif.process import LIFReset
         from lava.proc.sparse.models import PySparseModelBitAcc
@@ -267,12 +270,14 @@ class _Engine:
             elif kind == "maxpool":
                 proc = MaxPoolRelay(in_shape=p["in_shape"], kernel=p["kernel"], stride=p["stride"],
                                     padding=p["padding"], name=p["name"])
+            elif kind == "relay":
+                proc = GradedVec(shape=(n,), vth=0)  # takes no name= in Lava 0.10
             else:
                 interval, offset = (1, 0) if kind == "gate" else (T, (1 + p["depth"]) % T)
                 proc = LIFReset(shape=(n,), du=p["du"], dv=p["dv"], vth=p["vth"], bias_mant=p["bias"],
                                 bias_exp=p["bias_exp"], reset_interval=interval, reset_offset=offset, name=p["name"])
             self.procs[p["name"]] = proc
-            self.models[proc] = MODELS.get(type(proc), PyLifResetModelBitAcc)
+            self.models[proc] = MODELS.get(type(proc), PyGradedVecModelFixed if kind == "relay" else PyLifResetModelBitAcc)
 
         lines: dict[tuple[str, int], Any] = {}
 

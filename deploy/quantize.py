@@ -11,7 +11,10 @@ graph                  integer network
 ``conv2d``/``linear``  synapses (BN folded) into every population that reads the current; never a population
 ``add`` (stream)       not materialised: each reader gets one synapse per term, its bias the sum of the term biases
 ``avgpool`` of conv    one composed conv synapse (NIR-clean SPS stage 3)
-``mean_tokens``        dense synapses averaged over tokens (head LIF); a relay term becomes a graded ones-synapse
+``mean_tokens``        a graded ``relay`` population sums the stream once per token (its terms as synapses), and one
+                       graded synapse of equal weights averages it over tokens into the head LIF (a dense synapse per
+                       term would repeat every kernel at every token: 89 M weights for CIFAR 2-256); a stream that is
+                       a relay edge alone gets the averaging synapse directly
 ``maxpool`` (real)     ``maxpool`` relay population on the stage-3 current; consumers read it by direct edges (bias
                        commutes: maxpool(x + b) = maxpool(x) + b per channel, so biases go to the consumers)
 ``lif``                ``lif`` population: du=4095 (u = a << 6), dv = 4096*decay, vth, per-neuron bias
@@ -71,6 +74,7 @@ BIAS_EXP_MAX = 7  # 3-bit
 INPUT_LEVELS = 255  # 8-bit input
 BIAS_SOURCE = "bias"  # the always-on population (a gate that fires every step) that carries coarse biases
 LEVEL_CANDIDATES = (255, 256, 510, 512, 1020, 1024)
+RELAY_KINDS = ("maxpool", "relay")  # graded populations that pass their summed input on (no state, no bias)
 
 
 class QuantizationError(UserError):
@@ -142,7 +146,7 @@ class _Plan:
     """A population before quantisation."""
 
     name: str
-    kind: str  # input | lif | gate | maxpool | integrator
+    kind: str  # input | lif | gate | maxpool | relay | integrator
     shape: tuple[int, ...]
     node: str
     terms: list[_Term] = field(default_factory=list)
@@ -165,27 +169,6 @@ def _pair(v: Any) -> tuple[int, int]:
 def _conv_out(hw: tuple[int, int], k: tuple[int, int], s: tuple[int, int], p: tuple[int, int],
               d: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     return tuple((hw[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2))  # type: ignore[return-value]
-
-
-def _conv_token_sum(w: np.ndarray, in_shape: tuple[int, int, int], stride: tuple[int, int],
-                    padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> np.ndarray:
-    """``M`` with ``sum over output tokens of conv(x)[c] = M[c] @ x.ravel()`` (zero padding): ``(Cout, Cin*H*W)``."""
-    cout, cin_g, kh, kw = w.shape
-    cin, H, W = in_shape
-    ho, wo = _conv_out((H, W), (kh, kw), stride, padding, dilation)
-    m = np.zeros((cout, cin, H, W))
-    per_group = cout // groups
-    for ky in range(kh):
-        ys = np.arange(ho) * stride[0] - padding[0] + ky * dilation[0]
-        cy = np.bincount(ys[(ys >= 0) & (ys < H)], minlength=H)[:H]
-        for kx in range(kw):
-            xs = np.arange(wo) * stride[1] - padding[1] + kx * dilation[1]
-            cx = np.bincount(xs[(xs >= 0) & (xs < W)], minlength=W)[:W]
-            reads = np.outer(cy, cx)  # how many output positions read input (y, x) through this tap
-            for g in range(groups):
-                co = slice(g * per_group, (g + 1) * per_group)
-                m[co, g * cin_g:(g + 1) * cin_g] += w[co, :, ky, kx][:, :, None, None] * reads
-    return m.reshape(cout, -1)
 
 
 def _compose_avgpool(term: _Term, pool: Mapping[str, Any], node: str) -> _Term:
@@ -387,22 +370,22 @@ def _lower(graph: Graph, levels: int) -> tuple[list[_Plan], dict[str, Any], dict
             currents[node.name] = _Current(x.terms + y.terms, x.bias + y.bias)
         elif op == "mean_tokens":
             cur = currents[node.inputs[0]]
+            in_shape = graph.node(node.inputs[0]).shape
             C = node.shape[0]
-            n = int(np.prod(graph.node(node.inputs[0]).shape[1:]))
-            terms = []
-            for t in cur.terms:
-                if t.kind == "conv":
-                    src_shape = by_name[t.src].shape
-                    m = _conv_token_sum(t.w, src_shape, t.attrs["stride"], t.attrs["padding"], t.attrs["dilation"],
-                                        t.attrs["groups"]) / n
-                    terms.append(_Term(f"{t.name}+mean", t.src, "dense", m, {}, t.graded, t.relay))
-                elif t.kind == "edge" and t.relay:  # relay (C,H,W) -> (C,): graded ones over tokens, 1/n each
-                    terms.append(_Term(f"{t.name}+mean", t.src, "sparse", np.full(C * n, 1.0 / n),
-                                       {"shape": [C, C * n]}, graded=True, relay=True,
-                                       rows=np.repeat(np.arange(C), n), cols=np.arange(C * n)))
-                else:
-                    raise UserError(f"{node.name}: mean over tokens of a {t.kind} term is not supported")
-            currents[node.name] = _Current(terms, cur.bias.reshape(C, -1).mean(1))
+            n = int(np.prod(in_shape[1:]))
+            if any(t.kind not in ("edge", "conv") or (t.kind == "edge" and not t.relay) for t in cur.terms):
+                bad = next(t.kind for t in cur.terms if t.kind != "conv")
+                raise UserError(f"{node.name}: mean over tokens of a {bad} term is not supported")
+            src = cur.terms[0].src
+            if len(cur.terms) > 1 or cur.terms[0].kind != "edge":  # sum the stream once per token in a relay
+                src = f"{node.name}.sum"
+                add(_Plan(src, "relay", tuple(in_shape), node.name, list(cur.terms), None,
+                          attrs={"op": "sum", "in_shape": list(in_shape)}))
+            # relay (C,H,W) -> (C,): graded, equal weights 1/n over the tokens (the per-channel bias goes to the reader)
+            currents[node.name] = _Current([_Term(f"{node.name}.mean", src, "sparse", np.full(C * n, 1.0 / n),
+                                                  {"shape": [C, C * n]}, graded=True, relay=True,
+                                                  rows=np.repeat(np.arange(C), n), cols=np.arange(C * n))],
+                                           cur.bias.reshape(C, -1).mean(1))
         elif op == "output":
             src = node.inputs[0]
             if src not in currents or graph.node(src).op != "linear":
@@ -615,7 +598,7 @@ class _Solver:
     # ------------------------------------------------------------------------------------------ one population
 
     def _in_shape(self, p: _Plan) -> tuple[int, ...]:
-        return tuple(p.attrs["in_shape"]) if p.kind == "maxpool" else p.shape
+        return tuple(p.attrs["in_shape"]) if p.kind in RELAY_KINDS else p.shape
 
     def _scale_of(self, t: _Term, K: float, K_src: Mapping[str, float]) -> float:
         if t.relay:
@@ -651,12 +634,12 @@ class _Solver:
             bias_mant, bias_exp = self._bias(b_int)
             b_eff = bias_mant.astype(np.int64) << bias_exp
         a_hi, a_lo = int(hi.max(initial=0)), int(-lo.min(initial=0))
-        limit = GRADED_LIMIT if p.kind == "maxpool" else A_LIMIT
+        limit = GRADED_LIMIT if p.kind in RELAY_KINDS else A_LIMIT
         if max(a_hi, a_lo) >= limit:
-            raise _Infeasible("relay_range" if p.kind == "maxpool" else "u_bound",
+            raise _Infeasible("relay_range" if p.kind in RELAY_KINDS else "u_bound",
                               f"worst-case |a| = {max(a_hi, a_lo)} >= {limit}")
         du, dv, v_worst = 4095, 0, 64 * max(a_hi, a_lo)
-        if p.kind == "maxpool":
+        if p.kind in RELAY_KINDS:
             vth = 0
         elif p.kind == "gate":
             vth = p.vth
@@ -762,6 +745,8 @@ class _Solver:
             members = [q for q in self.plans if self.group[q.name] == root]
             if len(members) > 1:
                 self._solve_group(members)
+            elif p.kind == "relay":
+                self._solve_relay_and_reader(p)
             elif p.kind == "gate":
                 self._commit(p, self._fixed(p, 1.0), "exact")
             elif p.kind == "lif" and p.count and p.decay == 0.5 and 0 < p.theta <= 0.5:
@@ -795,17 +780,17 @@ class _Solver:
         if detail:
             s.report["limit_detail"] = detail
         self.sol[p.name] = s
-        self.range[p.name] = (-s.a_lo, s.a_hi) if p.kind == "maxpool" else (0, 1)
+        self.range[p.name] = (-s.a_lo, s.a_hi) if p.kind in RELAY_KINDS else (0, 1)
 
     def _solve_group(self, members: list[_Plan]) -> None:
         """Relays and their direct-edge readers: one K for all (the edge delivers the relay's integers as they are)."""
         lifs = [m for m in members if m.kind == "lif"]
-        if not lifs or any(m.kind not in ("lif", "maxpool") for m in members):
+        if not lifs or any(m.kind not in ("lif", *RELAY_KINDS) for m in members):
             raise UserError(f"quantiser: unsupported scale group {[m.name for m in members]}")
         ref = lifs[0]
         order = [m for m in self.plans if m in members]  # topological: relays before their readers
 
-        relays = [m.name for m in members if m.kind == "maxpool"]
+        relays = [m.name for m in members if m.kind in RELAY_KINDS]
 
         def solve(K: float) -> dict[str, _Solution]:
             out: dict[str, _Solution] = {}
@@ -814,7 +799,7 @@ class _Solver:
                 for m in order:
                     s = self._solve_one(m, K, {r: K for r in relays})
                     out[m.name] = s
-                    if m.kind == "maxpool":
+                    if m.kind in RELAY_KINDS:
                         self.range[m.name] = (-s.a_lo, s.a_hi)
             finally:
                 self.range = saved
@@ -824,6 +809,42 @@ class _Solver:
         for m in order:
             self._commit(m, sols[m.name], why, det)
             sols[m.name].report["group"] = ref.name
+
+    def _solve_relay_and_reader(self, r: _Plan) -> None:
+        """A sum relay in no scale group (no relay edge in the stream) and the one LIF that averages it: searched
+        together over the LIF's K, the relay at ``K_r = c * K * 2**-e`` with the lowest weight exponent e that keeps the
+        relay inside 24 bits, so that the averaging synapse's weight ``c * K / K_r = 2**e`` is exact."""
+        readers = [q for q in self.plans if any(t.src == r.name for t in q.terms)]
+        if len(readers) != 1 or readers[0].kind != "lif" or any(not t.relay for t in readers[0].terms):
+            raise UserError(f"quantiser: relay {r.name} needs exactly one LIF that reads only relays")
+        p = readers[0]
+        c = float(p.terms[0].w.flat[0])
+        e_lo, e_hi = self.cfg.weight_exp_range
+
+        def solve(K: float) -> dict[str, _Solution]:
+            err: _Infeasible | None = None
+            for e in range(e_lo, e_hi + 1):
+                K_r = c * K * 2.0 ** -e
+                try:
+                    rs = self._solve_one(r, K_r, {})
+                except _Infeasible as x:
+                    err = x
+                    continue
+                saved = self.range.get(r.name)
+                self.range[r.name] = (-rs.a_lo, rs.a_hi)
+                try:
+                    return {r.name: rs, p.name: self._solve_one(p, K, {r.name: K_r})}
+                finally:
+                    if saved is None:
+                        del self.range[r.name]
+                    else:
+                        self.range[r.name] = saved
+            raise err or _Infeasible("relay_range", "no weight exponent fits")
+
+        sols, why, det = self._search(p.name, lambda i: i * p.decay / p.theta, VTH_MAX, solve)
+        for m in (r, p):
+            self._commit(m, sols[m.name], why, det)
+            sols[m.name].report["group"] = p.name
 
     def _solve_via_relay(self, p: _Plan, relay_terms: list[_Term]) -> None:
         """A LIF that reads a relay through a graded synapse of equal weights c (the head's mean over tokens): K must

@@ -483,3 +483,30 @@ def test_pool_and_erode_or_writes_brute_force():
     # event frames: the first conv runs every step and skips zero inputs
     first = counts.nodes["patch_embed.proj_conv"]
     assert (first.q["mac"] > 0).all() and first.total("mac") < first.total("dense")
+
+
+def test_integer_weight_masks_follow_the_quantised_weights():
+    """--integer counts effective ACs over the weights the integer network keeps: a weight that rounds to 0 in every
+    8-bit synapse carrying it no longer counts; the float mask still does."""
+    from deploy.energy.run import integer_weight_masks
+    from deploy.quantize import quantize_model
+
+    model = tiny_model(0)
+    with torch.no_grad():  # 1e-9 of the layer's scale: zero in both 8-bit terms of the hi/lo pair
+        model.block[0].mlp.fc1_conv.weight[:, :5] = 1e-9
+    net, _, graph = quantize_model(model)
+    node = next(n for n in graph if n.op == "conv2d" and n.params["weight"].shape[0] == 128
+                and np.allclose(n.params["weight"], model.block[0].mlp.fc1_conv.weight.detach().numpy()))
+    masks = integer_weight_masks(net, graph)
+    m = masks[node.name]
+    assert m.shape == node.params["weight"].shape
+    assert not m[:, :5].any() and m[:, 5:].mean() > 0.95  # the tiny weights are gone, the rest survive
+    assert node.params["weight"][:, :5].all()  # ... although non-zero in float
+    assert {"patch_embed.proj_conv", "head"} & set(masks)  # first conv and the head are covered too
+
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    float_c, int_c = EnergyCounter(graph), EnergyCounter(graph, weight_masks=masks)
+    _, t = run_graph(graph, x, record=float_c.required)
+    a, b = float_c.count(t), int_c.count(t)
+    assert b.total("ac_eff", [node.name]) < a.total("ac_eff", [node.name])
+    assert b.total("ac", [node.name]) == a.total("ac", [node.name])  # dense counts do not depend on weights

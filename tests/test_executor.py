@@ -194,6 +194,9 @@ def step_reference(net: IntNet, x: np.ndarray) -> tuple[dict[str, np.ndarray], d
                 a += outs[src][t]
             bias = 0 if p.bias_mant is None else p.bias_mant
             u, v = state[p.name]
+            if p.kind == "relay":
+                outs[p.name][t] = a
+                continue
             if p.kind == "maxpool":
                 k = p.attrs.get("kernel", p.attrs.get("kernel_size"))
                 st, pa = p.attrs.get("stride", k), p.attrs.get("padding", 0)

@@ -23,7 +23,7 @@ from deploy.agreement import compare
 from deploy.executor import run_intnet, synapse_matrix
 from deploy.fixed_point import V_CLIP_LIMIT, quantize_dense_weights
 from deploy.intnet import IntNet, load, save
-from deploy.quantize import (QuantConfig, QuantizationError, _compose_avgpool, _conv_token_sum, _lower, _Term,
+from deploy.quantize import (QuantConfig, QuantizationError, _compose_avgpool, _lower, _Term,
                              decode_input, decode_logits, detect_input_levels, encode_input, export_lava,
                              input_out_of_range, quantize_graph, quantize_model)
 from export.from_model import build_graph
@@ -62,6 +62,8 @@ def _inputs(variant: str, n: int, seed: int) -> torch.Tensor:
     return _grid_images(n, seed)
 
 
+RELAYS = ("maxpool", "relay")  # graded populations with a 24-bit payload
+
 # ------------------------------------------------------------------------------------ independent checks
 
 def _lava_limits(net: IntNet) -> None:
@@ -84,7 +86,7 @@ def _worst_case(net: IntNet, input_max: int) -> dict[str, tuple[int, int]]:
         if p.kind == "input":
             rng[p.name] = (0, input_max)
             continue
-        n_in = int(np.prod(p.attrs["in_shape"])) if p.kind == "maxpool" else p.size
+        n_in = int(np.prod(p.attrs["in_shape"])) if p.kind in RELAYS else p.size
         hi, lo = np.zeros(n_in, np.int64), np.zeros(n_in, np.int64)
         for s in net.synapses_into(p.name):
             m = synapse_matrix(net, s).tocoo()
@@ -98,7 +100,7 @@ def _worst_case(net: IntNet, input_max: int) -> dict[str, tuple[int, int]]:
             hi += rng[src][1]
             lo += rng[src][0]
         a = int(max(hi.max(), -lo.min()))
-        b = p.bias().reshape(-1) if p.kind not in ("maxpool",) else np.zeros(n_in, np.int64)
+        b = p.bias().reshape(-1) if p.kind not in RELAYS else np.zeros(n_in, np.int64)
         if p.kind == "lif":
             keep = (4096 - p.dv) * 64 * p.vth // 4096
             v = max(int((keep + 64 * hi + np.maximum(b, 0)).max()),
@@ -108,14 +110,14 @@ def _worst_case(net: IntNet, input_max: int) -> dict[str, tuple[int, int]]:
         else:
             v = 64 * a
         out[p.name] = (a, v)
-        rng[p.name] = (int(lo.min()), int(hi.max())) if p.kind == "maxpool" else (0, 1)
+        rng[p.name] = (int(lo.min()), int(hi.max())) if p.kind in RELAYS else (0, 1)
     return out
 
 
 def _assert_no_overflow_possible(net: IntNet) -> None:
     for name, (a, v) in _worst_case(net, int(net.encoding["max"])).items():
         p = net.population(name)
-        if p.kind == "maxpool":
+        if p.kind in RELAYS:
             assert a < 1 << 23, name
         else:
             assert 64 * a < 1 << 23, (name, a)  # u = a << 6 stays in (-2**23, 2**23]
@@ -134,6 +136,7 @@ def test_variants_quantise_validate_and_agree(variant, tmp_path):
     kinds = {p.kind for p in net.populations}
     assert {"input", "lif", "gate", "integrator"} <= kinds
     assert ("maxpool" in kinds) == (variant != "nir_clean-1111")  # the official real-valued SPS max-pool
+    _assert_head_mean_is_one_exact_relay(net, graph)
     if variant == "plif":
         assert {p.dv for p in net.populations if p.kind == "lif"} - {2048}, "PLIF decays must set their own dv"
 
@@ -158,6 +161,21 @@ def test_variants_quantise_validate_and_agree(variant, tmp_path):
     li = decode_logits(net, run_intnet(net, encode_input(net, x)).logits_int)
     assert np.corrcoef(lf.ravel(), li.ravel())[0, 1] > 0.99
     assert r["top1_agreement"] >= 90.0
+
+
+def _assert_head_mean_is_one_exact_relay(net: IntNet, graph) -> None:
+    """The stream is summed once per token in a relay, whatever the number of blocks; the head LIF averages it through
+    one synapse of equal weights k * 2**e (exact: the head's scale is chosen on that grid): C*n weights."""
+    mean = next(n for n in graph if n.op == "mean_tokens")
+    C, n = graph.node(mean.inputs[0]).shape[0], int(np.prod(graph.node(mean.inputs[0]).shape[1:]))
+    relay = net.population(f"{mean.name}.sum")
+    assert relay.kind == "relay" and tuple(relay.shape) == tuple(graph.node(mean.inputs[0]).shape)
+    head = next(p for p in net.populations if p.kind == "lif" and any(s.src == relay.name
+                                                                         for s in net.synapses_into(p.name)))
+    (syn,) = net.synapses_into(head.name)
+    rows, cols, vals = syn.weight
+    assert syn.graded and len(vals) == C * n and len(np.unique(vals)) == 1
+    assert np.array_equal(np.bincount(rows, minlength=C), np.full(C, n))
 
 
 def test_quantisation_is_deterministic(tmp_path):
@@ -225,8 +243,6 @@ def test_normalisation_fold_and_composed_maps_are_exact():
     comp = _compose_avgpool(conv, {"kernel_size": (2, 2), "stride": (2, 2), "padding": (0, 0)}, "pool")
     got = F.conv2d(s, torch.from_numpy(comp.w), None, comp.attrs["stride"], comp.attrs["padding"])
     assert torch.allclose(got, F.avg_pool2d(y, 2, 2), atol=1e-12)
-    m = _conv_token_sum(wt, (4, 8, 8), (1, 1), (1, 1), (1, 1), 1)
-    assert np.allclose(s.flatten(1).numpy() @ m.T, y.sum(dim=(2, 3)).numpy(), atol=1e-9)
 
 
 def test_overflow_guard_rescales_a_layer_and_refuses_an_impossible_one():

@@ -66,6 +66,26 @@ def integer_population_map(net: Any, graph: Graph, names: Iterable[str]) -> dict
     return out
 
 
+def integer_weight_masks(net: Any, graph: Graph) -> dict[str, np.ndarray]:
+    """Graph conv/linear node -> which of its weights the integer network keeps non-zero (shape of the graph weight).
+
+    The quantiser names each synapse ``<term>[@<part>]-><population>`` with the term named after its graph node; a
+    weight counts as effective when any synapse that carries it (every hi/lo part, sign half and channel group, into
+    every reader of the stream) holds a non-zero integer. Synapses whose kernel is not the node's own (an avg-pool
+    composed into the conv, a head averaged over tokens) are skipped: those nodes keep their float masks."""
+    masks: dict[str, np.ndarray] = {}
+    for s in net.synapses:
+        node_name = s.name.split("->")[0].split("@")[0]
+        if node_name not in graph or graph.node(node_name).op not in ("conv2d", "linear") or s.kind == "sparse":
+            continue
+        w = np.asarray(s.weight)
+        shape = tuple(graph.node(node_name).params["weight"].shape)
+        if w.shape != shape:
+            continue
+        masks[node_name] = masks.get(node_name, np.zeros(shape, bool)) | (w != 0)
+    return masks
+
+
 def count_integer(net: Any, graph: Graph, counter: EnergyCounter, batches: Iterable[torch.Tensor], *,
                   total: int | None = None, progress: bool = False) -> tuple[Counts, dict[str, Any]]:
     """Run the integer network (reference executor) on the 8-bit encoded batches and count its executed spikes with
@@ -93,4 +113,4 @@ def count_integer(net: Any, graph: Graph, counter: EnergyCounter, batches: Itera
     return Counts.concat(parts), {"run_s": t_run, "count_s": t_count, "overflow_events": overflow}
 
 
-__all__ = ["take_batches", "count_float", "count_integer", "integer_population_map"]
+__all__ = ["take_batches", "count_float", "count_integer", "integer_population_map", "integer_weight_masks"]
