@@ -366,8 +366,13 @@ def _lower(graph: Graph, levels: int) -> tuple[list[_Plan], dict[str, Any], dict
             currents[node.name] = _Current([_compose_avgpool(t, a, node.name) for t in cur.terms],
                                            _avgpool_map(cur.bias, a), cur.count)
         elif op == "add":
+            # the membrane stream, materialised at every residual add: a graded relay that its readers take by a
+            # direct edge, so each conv term is one synapse (copied into every later reader it would be O(depth^2))
             x, y = (currents[i] for i in node.inputs)
-            currents[node.name] = _Current(x.terms + y.terms, x.bias + y.bias)
+            add(_Plan(node.name, "relay", node.shape, node.name, x.terms + y.terms, None,
+                      attrs={"op": "sum", "in_shape": list(node.shape)}))
+            currents[node.name] = _Current([_Term(node.name, node.name, "edge", np.ones(1), graded=True, relay=True)],
+                                           x.bias + y.bias)
         elif op == "mean_tokens":
             cur = currents[node.inputs[0]]
             in_shape = graph.node(node.inputs[0]).shape

@@ -164,11 +164,14 @@ def test_variants_quantise_validate_and_agree(variant, tmp_path):
 
 
 def _assert_head_mean_is_one_exact_relay(net: IntNet, graph) -> None:
-    """The stream is summed once per token in a relay, whatever the number of blocks; the head LIF averages it through
-    one synapse of equal weights k * 2**e (exact: the head's scale is chosen on that grid): C*n weights."""
+    """The stream is a graded relay at every residual add (each conv term one synapse, read by direct edges); the
+    head LIF averages the last one through one synapse of equal weights k * 2**e (exact: the head's scale is chosen
+    on that grid): C*n weights."""
     mean = next(n for n in graph if n.op == "mean_tokens")
     C, n = graph.node(mean.inputs[0]).shape[0], int(np.prod(graph.node(mean.inputs[0]).shape[1:]))
-    relay = net.population(f"{mean.name}.sum")
+    adds = [a.name for a in graph if a.op == "add"]
+    assert adds and all(net.population(a).kind == "relay" for a in adds)
+    relay = net.population(mean.inputs[0])
     assert relay.kind == "relay" and tuple(relay.shape) == tuple(graph.node(mean.inputs[0]).shape)
     head = next(p for p in net.populations if p.kind == "lif" and any(s.src == relay.name
                                                                          for s in net.synapses_into(p.name)))
@@ -176,6 +179,10 @@ def _assert_head_mean_is_one_exact_relay(net: IntNet, graph) -> None:
     rows, cols, vals = syn.weight
     assert syn.graded and len(vals) == C * n and len(np.unique(vals)) == 1
     assert np.array_equal(np.bincount(rows, minlength=C), np.full(C, n))
+    dsts: dict[str, set[str]] = {}  # every conv / linear kernel goes to one population only (no per-reader copies)
+    for s in net.synapses:
+        dsts.setdefault(s.name.split("->")[0].split("@")[0], set()).add(s.dst)
+    assert all(len(d) == 1 for k, d in dsts.items() if k in graph and graph.node(k).op in ("conv2d", "linear"))
 
 
 def test_quantisation_is_deterministic(tmp_path):
