@@ -16,7 +16,8 @@ Arithmetic (Lava 0.10 fixed point, see `deploy/fixed_point.py`):
     ``attrs['in_shape']`` (C,H,W) (if absent, executors take the output shape of an incoming conv synapse); padding
     never wins (``-inf``, as in PyTorch). No bias: fold it into the consumers (it commutes with the max).
   - ``relay``: graded sum relay, ``out = a`` (a 24-bit signed payload; Lava's stock ``GradedVec`` with vth=0). It
-    holds a sum once per neuron so that readers need not repeat its terms (the head's mean over tokens). No bias.
+    materialises a sum (the SDT's membrane stream at each residual add) so that readers need not repeat its terms.
+    No bias.
   - ``integrator``: Lava LIF with du=4095, dv=0 and an unreachable threshold; ``v`` accumulates ``(a << 6) + bias``
     over all steps and is read once at the end (the logits).
   - ``input``: the encoded input (integers), graded.

@@ -9,12 +9,11 @@ graph                  integer network
 ``input``              ``input`` population: integers 0..L on the data's grid (255: 8-bit images; ``encode_input``);
                        normalisation folded into conv 1 (per-neuron bias at the zero-padded borders)
 ``conv2d``/``linear``  synapses (BN folded) into every population that reads the current; never a population
-``add`` (stream)       not materialised: each reader gets one synapse per term, its bias the sum of the term biases
+``add`` (stream)       a graded ``relay`` population (its terms as synapses, the previous relay by a direct edge);
+                       readers take it by a direct edge, their bias the sum of the term biases
 ``avgpool`` of conv    one composed conv synapse (NIR-clean SPS stage 3)
-``mean_tokens``        a graded ``relay`` population sums the stream once per token (its terms as synapses), and one
-                       graded synapse of equal weights averages it over tokens into the head LIF (a dense synapse per
-                       term would repeat every kernel at every token: 89 M weights for CIFAR 2-256); a stream that is
-                       a relay edge alone gets the averaging synapse directly
+``mean_tokens``        one graded synapse of equal weights averages the last stream relay over tokens into the head
+                       LIF (a stream that is no relay yet is summed in a ``<node>.sum`` relay first)
 ``maxpool`` (real)     ``maxpool`` relay population on the stage-3 current; consumers read it by direct edges (bias
                        commutes: maxpool(x + b) = maxpool(x) + b per channel, so biases go to the consumers)
 ``lif``                ``lif`` population: du=4095 (u = a << 6), dv = 4096*decay, vth, per-neuron bias
