@@ -37,3 +37,13 @@ def tiny_model(seed: int = 0, **overrides) -> sdt.SpikeDrivenTransformer:
 @pytest.fixture
 def tiny():
     return tiny_model()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the reference LIF loops are many small ops, and on a loaded 2-core runner a
+    second thread only adds contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
