@@ -81,12 +81,30 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
             raise CheckpointError(f"{source}: unexpected key {k!r}; the checkpoint is for a different model config")
 
 
+# where the weights live, first match wins: timm / ours, then timm's own train.py and DeiT-style ``"model"``
+WEIGHT_KEYS = ("state_dict", "model")
+EMA_WEIGHT_KEYS = ("state_dict_ema", "model_ema")
+
+
+def _weights(ckpt: Mapping[str, Any], use_ema: bool, path: str | os.PathLike) -> Mapping[str, Any]:
+    """The state dict to load: every layout :func:`read_checkpoint` accepts, so what it reads also loads."""
+    keys = EMA_WEIGHT_KEYS if use_ema else WEIGHT_KEYS
+    key = next((k for k in keys if k in ckpt), None)
+    if key is None:
+        raise CheckpointError(f"{path}: no {' or '.join(map(repr, keys))} in the checkpoint "
+                              f"(keys: {', '.join(sorted(ckpt))[:120]})")
+    if not isinstance(ckpt[key], Mapping):
+        raise CheckpointError(f"{path}: {key!r} holds {type(ckpt[key]).__name__}, not a state dict of weights")
+    return ckpt[key]
+
+
 def load_checkpoint(path: str | os.PathLike, config: str | Mapping[str, Any] | None = None, use_ema: bool = False,
                     **overrides: Any) -> SpikeDrivenTransformer:
     """Build the model a checkpoint describes and load its weights strictly; returns it in eval mode.
 
     ``config`` (a named config, a YAML path or a kwargs dict) overrides what the file says; ``overrides`` are
-    extra ``create_model`` kwargs (e.g. ``neuron_backend='cupy'``). ``use_ema`` picks ``state_dict_ema``.
+    extra ``create_model`` kwargs (e.g. ``neuron_backend='cupy'``). Weights come from ``state_dict`` (else ``model``,
+    timm/DeiT style); ``use_ema`` picks ``state_dict_ema`` (else ``model_ema``).
     """
     from . import create_model
 
@@ -100,10 +118,7 @@ def load_checkpoint(path: str | os.PathLike, config: str | Mapping[str, Any] | N
 
         kwargs = model_kwargs(load_config(config))
     kwargs.update(overrides)
-    key = "state_dict_ema" if use_ema else "state_dict"
-    if key not in ckpt:
-        raise CheckpointError(f"{path}: no {key!r} in the checkpoint (keys: {', '.join(sorted(ckpt))[:120]})")
-    state = clean_state_dict(ckpt[key])
+    state = clean_state_dict(_weights(ckpt, use_ema, path))
     try:
         model = create_model(**kwargs)
     except (TypeError, ValueError) as e:
