@@ -1028,10 +1028,11 @@ def lif_population_names(net: IntNet) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ model / file API
 
-def load_model_and_normalization(source: Any, dataset: str | None = None
-                                 ) -> tuple[Any, dict[str, Any] | None, str | None]:
+def load_model_and_normalization(source: Any, dataset: str | None = None, *, use_ema: bool = False,
+                                 strict: bool = True) -> tuple[Any, dict[str, Any] | None, str | None]:
     """``(model, normalization, dataset)`` from a checkpoint path or a model. The dataset (argument, else the one
-    recorded in the checkpoint) decides the input normalisation (``sdt.data`` conventions)."""
+    recorded in the checkpoint) decides the input normalisation (``sdt.data`` conventions). An unknown dataset name is
+    an error, or with ``strict=False`` (where the normalisation is only documentation) gives ``None``."""
     import sdt
     from sdt.checkpoint import read_checkpoint
 
@@ -1042,7 +1043,7 @@ def load_model_and_normalization(source: Any, dataset: str | None = None
         args = ckpt.get("args")
         args = vars(args) if hasattr(args, "__dict__") and not isinstance(args, dict) else (args or {})
         recorded = args.get("dataset") if isinstance(args, Mapping) else None
-        model = sdt.load_checkpoint(path)
+        model = sdt.load_checkpoint(path, use_ema=use_ema)
     else:
         model = source
     name = dataset or recorded
@@ -1053,6 +1054,8 @@ def load_model_and_normalization(source: Any, dataset: str | None = None
         try:
             info = dataset_info(canonical_name(str(name)))
         except ValueError as e:
+            if not strict:
+                return model.eval(), None, str(name)
             raise UserError(str(e)) from None
         name = info.name
         if info.normalize_default and info.kind == "image":

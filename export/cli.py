@@ -5,8 +5,10 @@
     sdt-export ours.pth --to onnx --spikes -o out/sdt.onnx       # spike tensors as extra outputs
     sdt-export model_best.pth.tar --to lava                      # -> model_best.intnet.npz (deploy.quantize)
 
-The checkpoint alone rebuilds the model. One summary line goes to stdout (graph nodes, edges, parameters, file size,
-time). ``--validate N`` runs the format's equality check on N random inputs before the file is put in place: if it
+The checkpoint alone rebuilds the model. Every format records in its metadata the input normalisation (mean/std) of
+the data set the checkpoint was trained on, where that data set normalises (CIFAR, ImageNet; else null): the model
+takes normalised input. One summary line goes to stdout (graph nodes, edges, parameters, file size, time).
+``--validate N`` runs the format's equality check on N random inputs before the file is put in place: if it
 fails, nothing is written and the exit status is 1. Bad input (missing or corrupt checkpoint, unknown format, an
 output that cannot be written) prints one ``error:`` line and exits with status 2, leaving no file behind.
 """
@@ -84,13 +86,15 @@ def _size(n: int) -> str:
 
 def _export_graph_format(args: argparse.Namespace, ckpt: Path, out: Path) -> tuple[str, str | None]:
     """NIR / ONNX: returns (summary line, validation line or None)."""
-    import sdt
+    from deploy.quantize import load_model_and_normalization
     from .from_model import build_graph
     from .onnx_writer import graph_stats
 
     t0 = time.perf_counter()
-    model = sdt.load_checkpoint(ckpt, use_ema=args.use_ema)
-    graph = build_graph(model)
+    # the input normalisation of the checkpoint's data set, found as --to lava finds it, goes into the file's
+    # metadata (the model still takes normalised input)
+    model, norm, _ = load_model_and_normalization(ckpt, use_ema=args.use_ema, strict=False)
+    graph = build_graph(model, normalization=norm)
     stats = graph_stats(graph)
     try:
         detail, size, t_written, check = _write_and_check(args, graph, model, out)

@@ -9,9 +9,10 @@ Every graph node becomes a small torch module (:class:`OnnxGraphModule`) that th
 (``torch.onnx.export(dynamo=False)``) traces once: on a tiny SDT it gave a checker-valid file of the weights' size in
 ~1 s, where the dynamo exporter took ~25 s for a 2.4x larger file. Inside the network tensors are ``[T*B, ...]`` (time
 folded into the batch, t-major, as the model folds it): conv, pooling and BN run once per layer, each LIF is unrolled
-over its T steps. T is static, the batch axis dynamic. The exporter is run without weights (``export_params=False``);
-:func:`write_onnx` streams them from the graph's arrays into the file, so the weights are held once in memory, not
-five times (ImageNet 8-768: 1.8 GB peak RSS instead of 2.75 GB, of which 0.74 GB is importing torch).
+over its T steps. T is static, the batch axis dynamic (the file's inputs and outputs give every other axis its
+size). The exporter is run without weights (``export_params=False``); :func:`write_onnx` streams them from the
+graph's arrays into the file, so the weights are held once in memory, not five times (ImageNet 8-768: 1.8 GB peak RSS
+instead of 2.75 GB, of which 0.74 GB is importing torch).
 
 File layout:
 
@@ -277,6 +278,32 @@ def _quiet_export() -> Iterator[None]:
 Weights = list[tuple[str, np.ndarray]]
 
 
+def _static_dims(proto: onnx.ModelProto, graph: Graph, spikes: Sequence[str]) -> None:
+    """Give the graph inputs and outputs their concrete sizes on every axis but the batch one.
+
+    The exporter names every axis it cannot fold to a constant (``logits: [batch, 'ReduceMeanlogits_dim_1']``), so
+    the file would not say how many classes or steps it has. The sizes are the graph's own: those the module reshapes
+    its outputs to. A size the exporter did fix must agree (else the module and the graph disagree: a writer bug)."""
+    T, out = int(graph.T), graph.output
+    tet = out.attrs.get("reduce", "mean") != "mean"
+    shapes: dict[str, tuple[int | None, ...]] = {  # None: the batch axis
+        INPUT_NAME: (None, *((T,) if graph.encoding == "frames" else ()), *graph.input.shape),
+        LOGITS_NAME: (*((T, None) if tet else (None,)), *out.shape),
+        **{n: (T, None, *graph.node(n).shape) for n in spikes},
+    }
+    for vi in (*proto.graph.input, *proto.graph.output):
+        dims, want = vi.type.tensor_type.shape.dim, shapes[vi.name]
+        if len(dims) != len(want):
+            raise RuntimeError(f"ONNX value {vi.name!r} has rank {len(dims)}, the graph says {len(want)}")
+        for d, size in zip(dims, want):
+            if size is None:
+                d.dim_param = "batch"
+            elif d.HasField("dim_value") and d.dim_value != size:
+                raise RuntimeError(f"ONNX value {vi.name!r} has size {d.dim_value} where the graph says {size}")
+            else:
+                d.dim_value = size  # replaces the exporter's symbolic name (dim_value / dim_param are a oneof)
+
+
 def _build(graph: Graph, spikes: bool | Collection[str], fold_bn: bool, opset: int
            ) -> tuple[onnx.ModelProto, Weights]:
     """The model without its weights (initializers) and the weights, in file order, under their final names."""
@@ -304,6 +331,7 @@ def _build(graph: Graph, spikes: bool | Collection[str], fold_bn: bool, opset: i
             raise RuntimeError(f"the ONNX export left an unknown graph input {vi.name!r}")
         proto.graph.input.remove(vi)
         raw.append((vi.name, np.ascontiguousarray(buffers[vi.name].numpy())))
+    _static_dims(proto, graph, chosen)
     values, renames = _name_values(proto, module)
     weights = [(renames.get(name, name), arr) for name, arr in raw]
     del module, buffers

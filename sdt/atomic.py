@@ -13,6 +13,14 @@ from typing import Iterator
 from .errors import UserError
 
 
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give under the current umask (0o666 / 0o777 minus it): for outputs built
+    with ``mkstemp``/``mkdtemp``, which create them private (0600 / 0700) whatever the umask."""
+    umask = os.umask(0)  # the only portable way to read the umask is to set it; put it straight back
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on error it is removed."""
@@ -29,9 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
+        os.chmod(tmp_path, default_mode())  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

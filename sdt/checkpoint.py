@@ -23,6 +23,10 @@ from .model import MODEL_ARGS, SpikeDrivenTransformer
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, np.dtype, np.core.multiarray.scalar,
                            type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
 
+# where the weights live, first match wins: timm's CheckpointSaver and ours, then DeiT-style ``"model"``
+WEIGHT_KEYS = ("state_dict", "model")
+EMA_WEIGHT_KEYS = ("state_dict_ema", "model_ema")
+
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint file into a dict without executing any pickled code outside the allowlist."""
@@ -40,7 +44,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {p}: file is corrupt or truncated ({msg[:160]})") from None
-    if isinstance(obj, Mapping) and not any(k in obj for k in ("state_dict", "state_dict_ema", "model")):
+    if isinstance(obj, Mapping) and not any(k in obj for k in WEIGHT_KEYS + EMA_WEIGHT_KEYS):
         obj = {"state_dict": dict(obj)}  # a bare state_dict
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p} does not hold a checkpoint dict (found {type(obj).__name__})")
@@ -79,11 +83,6 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
     for k in state:
         if k not in expected:
             raise CheckpointError(f"{source}: unexpected key {k!r}; the checkpoint is for a different model config")
-
-
-# where the weights live, first match wins: timm / ours, then timm's own train.py and DeiT-style ``"model"``
-WEIGHT_KEYS = ("state_dict", "model")
-EMA_WEIGHT_KEYS = ("state_dict_ema", "model_ema")
 
 
 def _weights(ckpt: Mapping[str, Any], use_ema: bool, path: str | os.PathLike) -> Mapping[str, Any]:

@@ -124,3 +124,19 @@ def test_ema_weights_selectable(tmp_path):
     save_checkpoint(path, src, state_dict_ema=ema.state_dict())
     assert torch.equal(load_checkpoint(path, use_ema=True).head.weight, ema.head.weight)
     assert torch.equal(load_checkpoint(path).head.weight, src.head.weight)
+
+
+def test_deit_style_model_key_loads(tmp_path):
+    # read_checkpoint accepts weights under "model" (timm/DeiT train scripts); load_checkpoint must load them too
+    src, ema = tiny_model(seed=9), tiny_model(seed=10)
+    path = tmp_path / "deit.pth"
+    torch.save({"model": src.state_dict(), "model_ema": ema.state_dict(), "epoch": 5,
+                "args": argparse.Namespace(**OFFICIAL_ARGS)}, path)
+    assert "model" in read_checkpoint(path)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(load_checkpoint(path)(x), src(x))
+    assert torch.equal(load_checkpoint(path, use_ema=True).head.weight, ema.head.weight)
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": "sdt", "args": argparse.Namespace(**OFFICIAL_ARGS)}, bad)
+    with pytest.raises(CheckpointError, match="'model' holds str, not a state dict"):
+        load_checkpoint(bad)

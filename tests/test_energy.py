@@ -6,6 +6,8 @@ graphs; the model tests run the float graph executor on the tiny SDT of conftest
 from __future__ import annotations
 
 import json
+import os
+import stat
 from fractions import Fraction
 
 import numpy as np
@@ -439,6 +441,20 @@ def test_report_folder_is_complete_or_absent(tiny_report, tmp_path, monkeypatch)
     (tmp_path / "other" / "keep.txt").write_text("x")
     with pytest.raises(UserError, match="holds no energy report"):
         write_report(doc, tmp_path / "other")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_report_folder_gets_the_umask_mode(tiny_report, tmp_path, umask):
+    # the folder is built with mkdtemp (0700) and renamed: it must end up as mkdir would make it
+    _, _, doc = tiny_report
+    old = os.umask(umask)
+    try:
+        out = write_report(doc, tmp_path / "rep")
+        write_report(doc, tmp_path / "rep")  # replacing an earlier report too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE(os.stat(out / "energy.json").st_mode) == 0o666 & ~umask
 
 
 def test_byte_widths_scale_memory():

@@ -1,6 +1,7 @@
 """sdt-export end to end: official and our checkpoints, summary line, --validate, and bad input -> one line, no file."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,60 @@ def test_lava_dispatches_to_the_integer_writer(official, capsys):
     assert "top-1 agreement" in out
 
 
+def _recorded_normalization(path: Path):
+    """The normalisation metadata of an exported file, decoded (None when null or absent)."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        raw = {p.key: p.value for p in onnx.load(str(path)).metadata_props}.get("sdt.normalization")
+    elif path.suffix == ".nir":
+        from export.nir_reader import read_nir
+
+        raw = read_nir(path).metadata.get("normalization")
+    else:
+        from deploy.intnet import load
+
+        raw = load(path).metadata.get("graph_metadata", {}).get("normalization")
+    return json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+
+
+@pytest.mark.parametrize("dataset, kw, normalized", [("cifar10", {}, True),
+                                                     ("digits", dict(in_channels=1, num_classes=10), False)])
+def test_every_format_records_the_lava_normalization(tmp_path, capsys, dataset, kw, normalized):
+    pytest.importorskip("deploy.quantize")
+    if dataset == "digits":
+        pytest.importorskip("sklearn")
+    ckpt = tmp_path / f"{dataset}.pth"
+    save_checkpoint(ckpt, tiny_model(seed=23, **kw), args={"dataset": dataset})
+    got = {}
+    for fmt in ("lava", "nir", "onnx"):
+        rc, out, err = _run(capsys, str(ckpt), "--to", fmt)
+        assert rc == 0, err
+        got[fmt] = _recorded_normalization(cli.default_output(ckpt, fmt))
+    if normalized:  # the data set's mean/std, as the integer network records them
+        from sdt.data import dataset_info
+
+        info = dataset_info(dataset)
+        assert got["lava"] == {"mean": list(info.mean), "std": list(info.std)}
+    else:  # digits are not normalised: null everywhere
+        assert got["lava"] is None
+    assert got["nir"] == got["lava"] and got["onnx"] == got["lava"]
+
+
+def test_use_ema_exports_the_ema_weights_with_the_normalization(tmp_path, capsys):
+    ckpt = tmp_path / "ema.pth"
+    src, ema = tiny_model(seed=24), tiny_model(seed=25)
+    save_checkpoint(ckpt, src, state_dict_ema=ema.state_dict(), args={"dataset": "torch/cifar10"})
+    out = tmp_path / "ema.onnx"
+    rc, _, err = _run(capsys, str(ckpt), "--to", "onnx", "--use-ema", "-o", str(out))
+    assert rc == 0, err
+    assert _recorded_normalization(out)["std"] == [0.2470, 0.2435, 0.2616]
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, ema(torch.from_numpy(x)).numpy(), rtol=0, atol=1e-5)
+
+
 def test_lava_without_the_integer_writer_is_one_line(official, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "deploy.quantize", None)  # import fails as if the module did not exist
     rc, out, err = _run(capsys, str(official), "--to", "lava")
@@ -173,3 +228,16 @@ def test_console_entry_point(official):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert official.with_name("model_best.nir").is_file() and "edges" in proc.stdout
+
+
+def test_unknown_dataset_gives_null_normalization_for_nir_but_lava_refuses(tmp_path, capsys):
+    import nir
+
+    ckpt = tmp_path / "custom.pth.tar"
+    save_checkpoint(ckpt, tiny_model(seed=3), args={"dataset": "my-own-data"})
+    rc, _, _ = _run(capsys, str(ckpt), "--to", "nir", "-o", str(tmp_path / "m.nir"))
+    assert rc == 0
+    assert json.loads(nir.read(str(tmp_path / "m.nir")).metadata["normalization"]) is None
+    rc, _, err = _run(capsys, str(ckpt), "--to", "lava", "-o", str(tmp_path / "m.npz"))
+    assert rc == 2 and err.strip().startswith("error:") and "my-own-data" in err and "\n" not in err.strip()
+    assert not (tmp_path / "m.npz").exists()

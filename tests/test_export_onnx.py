@@ -89,6 +89,27 @@ def test_dynamic_batch_gives_the_same_rows(tmp_path):
         np.testing.assert_allclose(s.run(None, {"input": x[lo:hi]})[0], full[lo:hi], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["official", "tet", "dvs_mode"])
+def test_inputs_and_outputs_have_static_sizes_but_batch(name, tmp_path):
+    graph = build_graph(tiny_model(seed=2, **CONFIGS[name]))
+    path = tmp_path / "m.onnx"
+    write_onnx(graph, path, spikes=["head_lif"])
+    T, tet, frames = graph.T, name == "tet", name == "dvs_mode"
+    expected = {"input": ["batch", *([T] if frames else []), *graph.input.shape],
+                "logits": [*([T] if tet else []), "batch", *graph.output.shape],
+                "head_lif": [T, "batch", *graph.node("head_lif").shape]}
+    g = onnx.load(str(path)).graph
+    dims = {vi.name: [d.dim_param if d.HasField("dim_param") else d.dim_value for d in vi.type.tensor_type.shape.dim]
+            for vi in (*g.input, *g.output)}
+    assert dims == expected
+    s = _session(path)
+    for b in (1, 3):  # the batch axis is still dynamic
+        x = _plain_inputs(graph, b, seed=b).numpy()
+        outs = s.run(None, {"input": x})
+        assert [list(o.shape) for o in outs] == [[b if v == "batch" else v for v in expected[n]]
+                                                 for n in ("logits", "head_lif")]
+
+
 def test_same_graph_gives_identical_bytes_and_no_temp_files(tmp_path):
     graph = build_graph(tiny_model(seed=4, spike_mode="plif"))
     write_onnx(graph, tmp_path / "a.onnx", spikes=True)

@@ -6,8 +6,9 @@ Stages (each a real CLI run, so the demo shows exactly what a user would type):
   3. export  `sdt-export --to nir|onnx|lava --validate N` (each export checked against the PyTorch model)
   4. deploy  `sdt-deploy --backend reference` on the whole test set, `--backend lava` on a handful of images
   5. energy  `sdt-energy` report (estimates)
-Outputs: `runs/demo/train-<key>/` (the trained model, reused by later runs with the same settings) and a new
-`runs/demo/run-NNN/` per run (exports and reports, never overwritten), ending with `summary.md` / `summary.json`.
+Outputs: `runs/demo/train-<data>-<key>/` (the trained model, reused by later runs with the same settings; `<key>`
+hashes the training arguments) and a new `runs/demo/run-NNN/` per run (exports and reports, never overwritten),
+ending with `summary.md` / `summary.json`.
 """
 from __future__ import annotations
 

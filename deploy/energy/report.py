@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdt.atomic import write_text
+from sdt.atomic import default_mode, write_text
 from sdt.errors import UserError
 
 from .analytic import (ann_buffers, ann_counts, ann_paper_energy_terms, attention_blocks, paper_sdsa_ops,
@@ -497,6 +497,7 @@ def write_report(doc: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     except OSError as e:
         raise UserError(f"cannot write {target}: {e.strerror or e}; choose a writable -o") from None
     try:
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it 0700; the report folder is an ordinary one
         images = make_plots(doc)
         for name, data in images.items():
             (tmp / name).write_bytes(data)
