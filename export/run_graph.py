@@ -82,12 +82,14 @@ def _op(node: Node) -> Callable[..., torch.Tensor]:
     raise ValueError(f"no executor for op {op!r}")  # unreachable: Graph validates ops
 
 
-def run_graph(graph: Graph, x: torch.Tensor, record: bool | Collection[str] = False
-              ) -> tuple[torch.Tensor, Tensors]:
+def run_graph(graph: Graph, x: torch.Tensor, record: bool | Collection[str] = False,
+              on_record: Callable[[str, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, Tensors]:
     """Run ``graph`` on a batch. Returns ``(logits, tensors)``.
 
     ``logits``: ``[B, classes]`` (mean over T), or ``[T, B, classes]`` for TET graphs. ``tensors``: each recorded
-    node's output as ``[T, B, *node.shape]`` (``record=True``: every node; a collection: those names).
+    node's output as ``[T, B, *node.shape]`` (``record=True``: every node; a collection: those names). With
+    ``on_record``, recorded outputs are passed to it as they are computed instead (``tensors`` stays empty), and
+    freed after their last consumer like any other.
     """
     wanted = set(n.name for n in graph) if record is True else set(record or ())
     missing = wanted - set(n.name for n in graph)
@@ -104,11 +106,14 @@ def run_graph(graph: Graph, x: torch.Tensor, record: bool | Collection[str] = Fa
                 y = _op(node)(*(values[i] for i in node.inputs))
                 for i in node.inputs:  # free intermediate results as soon as the last consumer ran
                     users[i] -= 1
-                    if users[i] == 0 and i not in wanted:
+                    if users[i] == 0 and (i not in wanted or on_record is not None):
                         values.pop(i)
             values[node.name] = y
             if node.name in wanted:
-                out[node.name] = y
+                if on_record is not None:
+                    on_record(node.name, y)
+                else:
+                    out[node.name] = y
     logits = values[graph.output.name]
     if graph.output.attrs.get("reduce", "mean") == "mean":
         logits = logits.mean(0)

@@ -526,3 +526,44 @@ def test_integer_weight_masks_follow_the_quantised_weights():
     a, b = float_c.count(t), int_c.count(t)
     assert b.total("ac_eff", [node.name]) < a.total("ac_eff", [node.name])
     assert b.total("ac", [node.name]) == a.total("ac", [node.name])  # dense counts do not depend on weights
+
+
+def test_streamed_tally_equals_counting_recorded_tensors():
+    """sdt-energy counts each tensor as the graph makes it (nothing kept alive): same counts as recording them all."""
+    g = build_graph(tiny_model(seed=4))
+    counter = EnergyCounter(g)
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    _, tensors = run_graph(g, x, record=counter.required)
+    seen: list[str] = []
+    tally = counter.tally()
+    logits, kept = run_graph(g, x, record=counter.required, on_record=lambda n, t: (seen.append(n), tally.add(n, t)))
+    assert kept == {} and sorted(seen) == sorted(counter.required)
+    a, b = counter.count(tensors), tally.counts()
+    for name in a.nodes:
+        for q in a.nodes[name].q:
+            np.testing.assert_array_equal(a.nodes[name].q[q], b.nodes[name].q[q])
+    with pytest.raises(UserError, match="no tensor for node"):
+        counter.tally().counts()
+
+
+def test_tally_over_batches_equals_joined_counts():
+    from deploy.energy import Counts
+
+    g = build_graph(tiny_model(seed=5))
+    counter = EnergyCounter(g)
+    xs = [torch.rand(b, 3, 16, 16, generator=torch.Generator().manual_seed(b)) for b in (3, 2)]
+    tally = counter.tally()
+    parts = []
+    for x in xs:
+        run_graph(g, x, record=counter.required, on_record=tally.add)
+        tally.end_batch()
+        parts.append(counter.count(run_graph(g, x, record=counter.required)[1]))
+    a, b = Counts.concat(parts), tally.counts()
+    assert b.samples == 5
+    for name in a.nodes:
+        for q in a.nodes[name].q:
+            np.testing.assert_array_equal(a.nodes[name].q[q], b.nodes[name].q[q])
+    with pytest.raises(UserError, match="no tensor for node"):  # a batch that missed a node
+        t = counter.tally()
+        t.add(counter.required[0], run_graph(g, xs[0], record=counter.required)[1][counter.required[0]])
+        t.end_batch()

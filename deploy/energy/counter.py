@@ -26,6 +26,8 @@ node names. Only :attr:`EnergyCounter.required` nodes are read.
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -276,6 +278,7 @@ class EnergyCounter:
         self._buffers: dict[str, dict[str, float]] = {}
         self._numel = {n.name: float(np.prod(n.shape)) for n in graph}
         self.sources = self._plan()
+        self._by_name = {src.name: src for src in self.sources}
 
     # -------------------------------------------------------------------------------------------------- planning
 
@@ -330,37 +333,59 @@ class EnergyCounter:
 
     def count(self, tensors: Mapping[str, Any]) -> Counts:
         """Counts of one batch. ``tensors``: node name -> ``[T, B, *shape]`` for every :attr:`required` node."""
-        g, T, wb = self.graph, self.graph.T, self.widths
-        sums: dict[str, dict[tuple[str, str], np.ndarray]] = {}
-        B = None
-        input_binary = False
+        tally = self.tally()
         for src in self.sources:
             if src.name not in tensors:
                 raise UserError(f"energy counter: no tensor for node {src.name!r} (record every counter.required node)")
-            x = tensors[src.name]
-            x = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-            shape = g.node(src.name).shape
-            if x.dim() != 2 + len(shape) or x.shape[0] != T or tuple(x.shape[2:]) != shape:
-                raise UserError(f"energy counter: tensor {src.name!r} has shape {tuple(x.shape)}, expected "
-                                f"[{T}, B, {', '.join(map(str, shape))}]")
-            if B is None:
-                B = int(x.shape[1])
-            elif x.shape[1] != B:
-                raise UserError(f"energy counter: tensor {src.name!r} has batch {x.shape[1]}, others {B}")
-            if src.static:
-                x = x[:1]
-            x = x.detach().reshape(x.shape[0] * B, src.c, src.hw)
-            if not src.binary:
-                if g.node(src.name).op == "input":
-                    input_binary = bool(((x == 0) | (x == 1)).all())
-                x = x != 0
-            cols = self._reduce(src, x)
-            if src.static:  # step 0 carries the only evaluation of a constant input
-                cols = {k: np.concatenate([v.reshape(1, B), np.zeros((T - 1, B))]) for k, v in cols.items()}
-            sums[src.name] = {k: v.reshape(T, B) for k, v in cols.items()}
-        assert B is not None
-        nodes = {n.name: self._node_counts(n, sums, B, input_binary) for n in g}
-        return Counts(T, B, nodes, wb, {"input_binary": input_binary, "static_input_once": self.static_input_once})
+            tally.add(src.name, tensors[src.name])
+        return tally.counts()
+
+    def tally(self) -> "Tally":
+        """Batches counted tensor by tensor, as the run produces them (``run_graph(..., on_record=tally.add)`` then
+        ``tally.end_batch()``), so that no recorded tensor outlives its last consumer; the per-node counts are built
+        once, for all batches, by ``tally.counts()``."""
+        return Tally(self)
+
+    def _add(self, tally: "Tally", name: str, x: Any) -> None:
+        g, T = self.graph, self.graph.T
+        src = self._by_name.get(name)
+        if src is None:
+            return  # not needed for counting
+        x = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        shape = g.node(src.name).shape
+        if x.dim() != 2 + len(shape) or x.shape[0] != T or tuple(x.shape[2:]) != shape:
+            raise UserError(f"energy counter: tensor {src.name!r} has shape {tuple(x.shape)}, expected "
+                            f"[{T}, B, {', '.join(map(str, shape))}]")
+        if tally.B is None:
+            tally.B = int(x.shape[1])
+        elif x.shape[1] != tally.B:
+            raise UserError(f"energy counter: tensor {src.name!r} has batch {x.shape[1]}, others {tally.B}")
+        B = tally.B
+        if src.static:
+            x = x[:1]
+        x = x.detach().reshape(x.shape[0] * B, src.c, src.hw)
+        if not src.binary:
+            if g.node(src.name).op == "input":
+                tally.input_binary = bool(((x == 0) | (x == 1)).all())
+            x = x != 0
+        cols = self._reduce(src, x)
+        if src.static:  # step 0 carries the only evaluation of a constant input
+            cols = {k: np.concatenate([v.reshape(1, B), np.zeros((T - 1, B))]) for k, v in cols.items()}
+        tally.sums[src.name] = {k: v.reshape(T, B) for k, v in cols.items()}
+
+    def _finish(self, batches: Sequence[tuple[dict[str, dict[tuple[str, str], np.ndarray]], int, bool]]) -> Counts:
+        """Per-node counts of batches ``(sums, B, input_binary)``, joined along the sample axis."""
+        if not batches:
+            raise UserError("energy counter: no batch was counted")
+        if len(batches) == 1:
+            sums, B, input_binary = batches[0]
+        else:
+            sums = {name: {k: np.concatenate([b[0][name][k] for b in batches], axis=1) for k in cols}
+                    for name, cols in batches[0][0].items()}
+            B, input_binary = sum(b[1] for b in batches), all(b[2] for b in batches)
+        nodes = {n.name: self._node_counts(n, sums, B, input_binary) for n in self.graph}
+        return Counts(self.graph.T, B, nodes, self.widths,
+                      {"input_binary": input_binary, "static_input_once": self.static_input_once})
 
     @staticmethod
     def _reduce(src: _Source, x: torch.Tensor) -> dict[tuple[str, str], np.ndarray]:
@@ -544,5 +569,39 @@ class EnergyCounter:
 
 MEMORY_QUANTITIES = ("weight_bytes", "accum_bytes", "membrane_bytes", "io_read_bytes", "io_write_bytes")
 
-__all__ = ["EnergyCounter", "Counts", "NodeCounts", "binary_nodes", "conv_fanout", "linear_fanout", "pool_fanout",
+__all__ = ["EnergyCounter", "Tally", "Counts", "NodeCounts", "binary_nodes", "conv_fanout", "linear_fanout", "pool_fanout",
            "window_fanout", "MEMORY_QUANTITIES", "SYNAPTIC"]
+
+
+class Tally:
+    """Batches being counted: :meth:`add` each required node's ``[T, B, *shape]`` tensor of a batch (others are
+    ignored), :meth:`end_batch`, and at the end :meth:`counts` for all of them. ``count_s`` is the time spent in
+    :meth:`add` (the counter's share of a streamed run; :meth:`counts` runs once per report)."""
+
+    def __init__(self, counter: EnergyCounter) -> None:
+        self.counter = counter
+        self.sums: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+        self.B: int | None = None
+        self.input_binary = False
+        self.count_s = 0.0
+        self._done: list[tuple[dict[str, dict[tuple[str, str], np.ndarray]], int, bool]] = []
+
+    def add(self, name: str, x: Any) -> None:
+        t0 = time.perf_counter()
+        self.counter._add(self, name, x)  # noqa: SLF001
+        self.count_s += time.perf_counter() - t0
+
+    def end_batch(self) -> None:
+        """Close the current batch: every required node must have been added."""
+        missing = [s.name for s in self.counter.sources if s.name not in self.sums]
+        if missing:
+            raise UserError(f"energy counter: no tensor for node {missing[0]!r} (record every counter.required node)")
+        assert self.B is not None
+        self._done.append((self.sums, self.B, self.input_binary))
+        self.sums, self.B, self.input_binary = {}, None, False
+
+    def counts(self) -> Counts:
+        """Counts of every batch so far (an open batch is closed first)."""
+        if self.sums or not self._done:
+            self.end_batch()
+        return self.counter._finish(self._done)  # noqa: SLF001

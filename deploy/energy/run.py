@@ -27,20 +27,23 @@ def count_float(graph: Graph, counter: EnergyCounter, batches: Iterable[torch.Te
     """Run the float graph (bit-exact with the model) on every batch and count. Returns counts and timings."""
     from export.run_graph import run_graph
 
-    parts = []
-    t_run = t_count = 0.0
+    tally = counter.tally()  # counted as the graph runs: no recorded tensor is kept
+    t_run = 0.0
+    n = 0
     with torch.inference_mode():
         for x in tqdm(batches, total=total, desc="energy (float)", disable=not progress, leave=False,
                       dynamic_ncols=True, unit="batch"):
             t0 = time.perf_counter()
-            _, tensors = run_graph(graph, x, record=counter.required)
-            t1 = time.perf_counter()
-            parts.append(counter.count(tensors))
-            t_count += time.perf_counter() - t1
-            t_run += t1 - t0
-    if not parts:
+            run_graph(graph, x, record=counter.required, on_record=tally.add)
+            tally.end_batch()
+            t_run += time.perf_counter() - t0
+            n += 1
+    if not n:
         raise UserError("no input samples to count; check --samples and the data set")
-    return Counts.concat(parts), {"run_s": t_run, "count_s": t_count}
+    t0 = time.perf_counter()
+    counts = tally.counts()
+    t_count = tally.count_s + time.perf_counter() - t0
+    return counts, {"run_s": t_run - tally.count_s, "count_s": t_count}
 
 
 def integer_population_map(net: Any, graph: Graph, names: Iterable[str]) -> dict[str, str]:
