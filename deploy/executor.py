@@ -40,17 +40,18 @@ import scipy.sparse as sps
 import torch
 import torch.nn.functional as F
 
-from deploy.fixed_point import OverflowCounters, lif_step, lifreset_step, quantize_dense_weights
+from deploy.fixed_point import (U_WRAP_LIMIT, V_CLIP_LIMIT, OverflowCounters, lif_step, lifreset_step,
+                                 quantize_dense_weights)
 from deploy.intnet import IntNet, Population, Synapse
 
 __all__ = ["ExecResult", "Executor", "run_intnet", "conv_to_sparse", "synapse_matrix", "population_input_shape",
-           "current_bounds", "BINARY_KINDS", "GRADED_KINDS"]
+           "current_bounds", "input_ranges", "BINARY_KINDS", "GRADED_KINDS"]
 
 BINARY_KINDS = frozenset({"lif", "gate", "integrator"})  # output 0/1 spikes
 GRADED_KINDS = frozenset({"input", "maxpool", "relay"})  # output integers
 F32_EXACT = 1 << 24  # every integer of magnitude <= 2**24 is a float32; partial sums stay below the bound
 F64_EXACT = 1 << 53
-BLOCK = 1 << 15  # neurons per fixed-point call (cache-sized)
+BLOCK = 1 << 18  # neurons per fixed-point call (cache-sized)
 
 Record = None | Iterable[str] | Literal["all"]
 
@@ -404,6 +405,52 @@ def _merge(syns: list[_Syn]) -> list[_Syn]:
     return out
 
 
+def _row_sums(s: Synapse, src_shape: tuple[int, ...], n_dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per target neuron (C,H,W order): the sum of the positive and of the negative weights it receives from one
+    all-ones source (border-aware for convs: a padded position has fewer taps)."""
+    if s.kind == "conv":
+        w = torch.from_numpy(np.asarray(s.weight, np.float64))
+        (sh, sw), pad, dil, g = _conv_params(s)
+        ones = torch.ones(1, *src_shape, dtype=torch.float64)  # float64 sums of int8 weights are exact
+        pos = F.conv2d(ones, w.clamp(min=0), None, (sh, sw), pad, dil, g).reshape(-1).numpy()
+        neg = F.conv2d(ones, w.clamp(max=0), None, (sh, sw), pad, dil, g).reshape(-1).numpy()
+    elif s.kind == "dense":
+        w = np.asarray(s.weight, np.int64)
+        pos, neg = np.maximum(w, 0).sum(1), np.minimum(w, 0).sum(1)
+    else:
+        rows, _cols, vals = (np.asarray(a) for a in s.weight)
+        vals = vals.astype(np.int64)
+        pos = np.bincount(rows, np.maximum(vals, 0), n_dst)
+        neg = np.bincount(rows, np.minimum(vals, 0), n_dst)
+    return np.rint(pos).astype(np.int64), np.rint(neg).astype(np.int64)
+
+
+def input_ranges(net: IntNet, input_range: tuple[int, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per population, per neuron of its summed input ``a`` (C,H,W order): the lowest and highest value any input in
+    ``input_range`` can produce (weight units; a negative exponent floors, which is monotone, so bounds stay bounds).
+    Binary sources span 0..1, graded ones (relays, the input) the range of their own outputs."""
+    out_rng: dict[str, tuple[int, int]] = {}
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for p in net.populations:
+        if p.kind == "input":
+            out_rng[p.name] = (int(input_range[0]), int(input_range[1]))
+            continue
+        n = int(np.prod(population_input_shape(net, p)))
+        hi, lo = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        for s in net.synapses_into(p.name):
+            x_lo, x_hi = out_rng[s.src] if s.graded else (0, 1)
+            pos, neg = _row_sums(s, tuple(net.population(s.src).shape), n)
+            h, lw = pos * x_hi + neg * x_lo, pos * x_lo + neg * x_hi
+            hi += _shift(h, s.weight_exp)
+            lo += _shift(lw, s.weight_exp)
+        for src in net.edges_into(p.name):
+            hi += out_rng[src][1]
+            lo += out_rng[src][0]
+        ranges[p.name] = (lo, hi)
+        out_rng[p.name] = (0, 1) if p.kind in BINARY_KINDS else (int(lo.min(initial=0)), int(hi.max(initial=0)))
+    return ranges
+
+
 def current_bounds(net: IntNet, input_max: int) -> dict[str, int]:
     """Worst-case ``max |a|`` per population (weight units, before Lava's ``<< 6``) for inputs with ``|x| <= input_max``.
 
@@ -458,6 +505,21 @@ def _shift(raw: np.ndarray, e: np.ndarray | int) -> np.ndarray:
     return np.where(e >= 0, raw << np.maximum(e, 0), raw >> np.maximum(-e, 0))
 
 
+def _shift_inplace(x: np.ndarray, e: np.ndarray | int) -> None:
+    """:func:`_shift` on a fresh int64 array, in place (one pass where every exponent has the same sign)."""
+    if isinstance(e, (int, np.integer)):
+        if e > 0:
+            x <<= e
+        elif e < 0:
+            x >>= -e
+    elif e.min(initial=0) >= 0:
+        np.left_shift(x, e, out=x)
+    elif e.max(initial=0) <= 0:
+        np.right_shift(x, -e, out=x)
+    else:
+        x[...] = _shift(x, e)
+
+
 class Executor:
     """A prepared IntNet (weights checked, laid out and converted once); :meth:`run` executes a batch.
 
@@ -473,6 +535,7 @@ class Executor:
         self.plan = _plan(net)
         self.threads = max(1, threads or torch.get_num_threads() or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._safe: dict[int, frozenset[str]] = {}  # input bound -> populations proven overflow-free
         # last consumer of every population, so outputs nobody needs any more are freed early
         self._last_use: dict[str, int] = {}
         for i, item in enumerate(self.plan):
@@ -480,6 +543,35 @@ class Executor:
                 self._last_use[s.syn.src] = i
             for e in item.edges:
                 self._last_use[e] = i
+
+    def proven_safe(self, input_max: int) -> frozenset[str]:
+        """Populations whose u can never wrap and v never clip for ANY input in ``0..input_max``: per-neuron input
+        ranges (:func:`input_ranges`) through Lava's equations (du = 4095, so u = a << 6; v after a step is <= 64*vth,
+        else it was reset; negative v is a geometric series of the decay), the quantiser's own worst case.
+        Their per-step overflow checks are skipped: the counters read 0 because 0 is proven, not because nobody
+        looked. The quantiser's scales satisfy these bounds; hand-made or damaged networks are checked step by step."""
+        got = self._safe.get(input_max)
+        if got is not None:
+            return got
+        safe = set()
+        for p_name, (lo, hi) in input_ranges(self.net, (0, int(input_max))).items():
+            p = self.net.population(p_name)
+            if p.kind not in BINARY_KINDS or p.du != 4095 or 64 * max(int(hi.max(initial=0)), -int(lo.min(initial=0))) \
+                    >= U_WRAP_LIMIT:
+                continue
+            b = p.bias().reshape(-1)
+            if p.kind == "gate":  # reset every step: v = (a << 6) + b
+                worst = max(int((64 * hi + b).max(initial=0)), int((-64 * lo - b).max(initial=0)))
+            elif p.dv == 0:  # no leak (the integrator): v sums every step
+                worst = self.net.T * int((64 * np.maximum(hi, -lo) + np.abs(b)).max(initial=0))
+            else:  # v <= 64*vth after a step (else it fired and was reset); below zero a geometric series
+                keep = (4096 - p.dv) * 64 * p.vth // 4096
+                worst = max(int((keep + 64 * hi + np.maximum(b, 0)).max(initial=0)),
+                            int(((-64 * lo + np.maximum(-b, 0)) * 4096 // p.dv + 1).max(initial=0)))
+            if worst <= V_CLIP_LIMIT:
+                safe.add(p_name)
+        self._safe[input_max] = frozenset(safe)
+        return self._safe[input_max]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -623,14 +715,21 @@ class Executor:
         a = None
         for raw, e in terms:
             r = raw[ts if raw.shape[0] > 1 else slice(0, 1) if isinstance(ts, slice) else 0, bs, js]
-            r = _shift(r.astype(np.int64), e if isinstance(e, (int, np.integer)) else e[js])
-            a = r if a is None else a + r
+            r = r.astype(np.int64)  # a fresh copy: shifted and summed in place
+            _shift_inplace(r, e if isinstance(e, (int, np.integer)) else e[js])
+            if a is None or a.shape != np.broadcast_shapes(a.shape, r.shape):
+                a = r if a is None else a + r
+            else:
+                a += r
         for ed in edges:
-            r = ed[ts if ed.shape[0] > 1 else slice(0, 1) if isinstance(ts, slice) else 0, bs, js].astype(np.int64)
-            a = r if a is None else a + r
+            r = ed[ts if ed.shape[0] > 1 else slice(0, 1) if isinstance(ts, slice) else 0, bs, js]
+            if a is None or a.shape != np.broadcast_shapes(a.shape, r.shape):
+                a = r.astype(np.int64) if a is None else a + r
+            else:
+                a += r
         return a
 
-    def _neurons(self, item: _Pop, terms: list[_Term], edges: list[np.ndarray], T: int, B: int
+    def _neurons(self, item: _Pop, terms: list[_Term], edges: list[np.ndarray], T: int, B: int, check: bool = True
                  ) -> tuple[np.ndarray, np.ndarray | None, OverflowCounters, np.ndarray]:
         """Sum the inputs and run the population's neurons over T steps, block by block in parallel threads.
 
@@ -652,7 +751,8 @@ class Executor:
                 bs, js = block
                 c = OverflowCounters()
                 a = self._block_input(terms, edges, slice(None), bs, js)
-                _, _, s = lifreset_step(zero, zero, a, 1, 1, 0, p.du, p.dv, p.vth, bias[js], p.bias_exp, counters=c)
+                _, _, s = lifreset_step(zero, zero, a, 1, 1, 0, p.du, p.dv, p.vth, bias[js], p.bias_exp, counters=c,
+                                        check=check)
                 spikes[:, bs, js] = s  # (a static gate keeps one frame)
                 cnt = np.count_nonzero(s, axis=2).sum(0) * (T // s.shape[0])
                 return c, bs, cnt
@@ -664,7 +764,7 @@ class Executor:
                 cnt = 0
                 for t in range(T):
                     a = self._block_input(terms, edges, t, bs, js)
-                    u, v, s = lif_step(u, v, a, p.du, p.dv, p.vth, bias[js], p.bias_exp, counters=c)
+                    u, v, s = lif_step(u, v, a, p.du, p.dv, p.vth, bias[js], p.bias_exp, counters=c, check=check)
                     spikes[t, bs, js] = s
                     cnt = cnt + np.count_nonzero(s, axis=1)
                 final_v[bs, js] = v
@@ -719,12 +819,14 @@ class Executor:
         by_pop: dict[str, OverflowCounters] = {}
         total = OverflowCounters()
         B = 0
+        safe: frozenset[str] = frozenset()
         for i, item in enumerate(self.plan):
             p = item.pop
             if p.kind == "input":
                 out = self._frames(x_int, item)
                 B = out.shape[1]
                 out_max[p.name] = int(np.abs(out).max()) if out.size else 0
+                safe = self.proven_safe(out_max[p.name])
             else:
                 terms = self._terms(item, outs, out_max)
                 edges = [outs[e] for e in item.edges]
@@ -732,7 +834,7 @@ class Executor:
                     out = self._relay(item, terms, edges, B)
                     out_max[p.name] = int(np.abs(out).max()) if out.size else 0
                 else:
-                    out, v, c, counts[p.name] = self._neurons(item, terms, edges, T, B)
+                    out, v, c, counts[p.name] = self._neurons(item, terms, edges, T, B, p.name not in safe)
                     by_pop[p.name] = c
                     total.u_wraps += c.u_wraps
                     total.v_clips += c.v_clips

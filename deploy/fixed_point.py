@@ -61,9 +61,11 @@ def infer_sign_mode(weights: np.ndarray) -> SignMode:
 
 def _as_int64(x: np.ndarray | int, what: str) -> np.ndarray:
     """Integer view of ``x``; refuse non-integral floats rather than truncate them silently like Lava's int32 cast."""
+    if type(x) is np.ndarray and x.dtype == np.int64:  # the executor's hot path: nothing to check or convert
+        return x
     a = np.asarray(x)
     if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
-        return a.astype(np.int64)
+        return a.astype(np.int64, copy=False)
     if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
         return a.astype(np.int64)
     raise ValueError(f"{what} must be integer-valued (Lava's fixed-point models cast to int32), got dtype {a.dtype}")
@@ -111,13 +113,31 @@ def effective_bias(bias_mant: np.ndarray | int, bias_exp: np.ndarray | int) -> n
     """``bias_mant * 2**bias_exp``; a negative exponent is an arithmetic right shift (floor), as in Lava's CPU model."""
     m = _as_int64(bias_mant, "bias_mant")
     e = _as_int64(bias_exp, "bias_exp")
+    if e.ndim == 0:  # one exponent per population (the executor): a single shift, none for 0
+        k = int(e)
+        return m if k == 0 else (m << k if k > 0 else m >> -k)
     return np.where(e >= 0, m << np.maximum(e, 0), m >> np.maximum(-e, 0))
 
 
 def _decay(x: np.ndarray, factor: np.ndarray | int) -> np.ndarray:
-    """``x * factor / 4096`` truncated toward zero (sign * (|p| >> 12)), not floored: this matters for negative x."""
-    p = x * factor
-    return np.sign(p) * (np.abs(p) >> DECAY_SHIFT)
+    """``x * factor / 4096`` truncated toward zero (sign * (|p| >> 12)), not floored: this matters for negative x.
+
+    Computed as ``(p + 4095 * (p < 0)) >> 12`` (ceiling for negative p = truncation), in place on a fresh array: the
+    executor's neuron updates are a chain of such whole-array passes, so each one saved counts."""
+    f = np.asarray(factor)
+    if f.ndim == 0 and 0 < int(f) < DECAY_UNITY and int(f) & (int(f) - 1) == 0:  # 2**k (dv = 2048: tau = 2)
+        k = DECAY_SHIFT - int(f).bit_length() + 1  # x * 2**-k
+        p = np.asarray(x, dtype=np.int64) >> 63
+        p &= (1 << k) - 1
+        p += x
+        p >>= k
+        return p
+    p = np.asarray(np.multiply(x, factor, dtype=np.int64))
+    t = p >> 63  # -1 where p < 0, else 0
+    t &= DECAY_UNITY - 1
+    p += t
+    p >>= DECAY_SHIFT
+    return p
 
 
 @dataclass
@@ -148,6 +168,7 @@ def lif_step(
     bias_exp: np.ndarray | int = 0,
     *,
     counters: OverflowCounters | None = None,
+    check: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One ``PyLifModelBitAcc`` step on arrays of any (broadcastable) shape; returns new ``(u, v, s)``.
 
@@ -161,21 +182,41 @@ def lif_step(
     du = _as_int64(du, "du")
     dv = _as_int64(dv, "dv")
 
-    u = _decay(u, DECAY_UNITY - (du + DS_OFFSET)) + (a << ACT_SHIFT)
-    # Lava wraps once (not modulo): > 2**23 loses 2**24, <= -2**23 gains 2**24.
-    hi = u > U_WRAP_LIMIT
-    lo = u <= -U_WRAP_LIMIT
-    u = u - (hi.astype(np.int64) << 24) + (lo.astype(np.int64) << 24)
+    fu = DECAY_UNITY - (du + DS_OFFSET)
+    if fu.ndim == 0 and int(fu) == 0:  # du = 4095: no current memory (every SDT population)
+        shape = np.broadcast_shapes(u.shape, a.shape)
+        u = a << ACT_SHIFT
+        if u.shape != shape:
+            u = np.broadcast_to(u, shape).copy()
+    else:
+        u = _decay(u, fu)
+        u += a << ACT_SHIFT
+    # Lava wraps once (not modulo): > 2**23 loses 2**24, <= -2**23 gains 2**24. The masks only when needed;
+    # ``check=False``: the caller proved that no value can leave the range (see Executor), so no pass at all
+    if check and u.size and (u.max() > U_WRAP_LIMIT or u.min() <= -U_WRAP_LIMIT):
+        hi = u > U_WRAP_LIMIT
+        lo = u <= -U_WRAP_LIMIT
+        u = u - (hi.astype(np.int64) << 24) + (lo.astype(np.int64) << 24)
+        if counters is not None:
+            counters.u_wraps += int(np.count_nonzero(hi | lo))
 
-    v = _decay(v, DECAY_UNITY - dv) + u + effective_bias(bias_mant, bias_exp)
-    clipped = np.abs(v) > V_CLIP_LIMIT
-    v = np.clip(v, -V_CLIP_LIMIT, V_CLIP_LIMIT)
+    v = _decay(v, DECAY_UNITY - dv)
+    b = effective_bias(bias_mant, bias_exp)
+    if v.shape == np.broadcast_shapes(v.shape, u.shape, b.shape):
+        v += u
+        v += b
+    else:
+        v = v + u + b
+    if check and v.size and (v.max() > V_CLIP_LIMIT or v.min() < -V_CLIP_LIMIT):
+        if counters is not None:
+            counters.v_clips += int(np.count_nonzero(np.abs(v) > V_CLIP_LIMIT))
+        np.clip(v, -V_CLIP_LIMIT, V_CLIP_LIMIT, out=v)
 
     s = v > (_as_int64(vth, "vth") << VTH_SHIFT)  # strict: v == threshold does not fire
-    v = np.where(s, 0, v)
-    if counters is not None:
-        counters.u_wraps += int(np.count_nonzero(hi | lo))
-        counters.v_clips += int(np.count_nonzero(clipped))
+    if v.ndim:
+        np.putmask(v, s, 0)
+    else:
+        v = np.where(s, 0, v)
     return u, v, s
 
 
@@ -199,6 +240,7 @@ def lifreset_step(
     bias_exp: np.ndarray | int = 0,
     *,
     counters: OverflowCounters | None = None,
+    check: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One ``PyLifResetModelBitAcc`` step: zero u and v first if this (1-based) ``time_step`` is a reset step.
 
@@ -207,7 +249,7 @@ def lifreset_step(
     if _is_reset_step(time_step, reset_interval, reset_offset):
         u = np.zeros_like(_as_int64(u, "u"))
         v = np.zeros_like(_as_int64(v, "v"))
-    return lif_step(u, v, a_in, du, dv, vth, bias_mant, bias_exp, counters=counters)
+    return lif_step(u, v, a_in, du, dv, vth, bias_mant, bias_exp, counters=counters, check=check)
 
 
 @dataclass(frozen=True)

@@ -417,6 +417,35 @@ def test_overflow_counters_fire_on_a_24_bit_overflowing_layer():
     quiet.overflow.assert_none()
 
 
+def test_overflow_checks_are_skipped_only_where_overflow_is_proven_impossible(monkeypatch):
+    """The executor skips the per-step wrap/clip checks of a population only if a worst case over ANY input proves
+    they cannot fire: true for every population the quantiser makes, false for the crafted overflowing layer; and
+    forcing every check on changes nothing on the quantised net."""
+    from deploy.quantize import encode_input, quantize
+    from export.from_model import build_graph
+    from tests.conftest import tiny_model
+
+    loud = IntNet((_pop("inp", "input", (600,)), _pop("big", "lif", (2,), du=4095, dv=0, vth=131071)),
+                  (Synapse("s", "inp", "big", "dense", np.full((2, 600), 254), graded=True),), (), 2, {}, {})
+    with Executor(loud) as ex:  # graded input 0..1: 254 * 600 << 6 wraps; all-zero input cannot
+        assert ex.proven_safe(1) == frozenset() and ex.proven_safe(0) == {"big"}
+
+    g = torch.Generator().manual_seed(3)
+    net = quantize(build_graph(tiny_model()), calib=torch.rand(8, 3, 16, 16, generator=g))
+    x = encode_input(net, torch.rand(4, 3, 16, 16, generator=g))
+    with Executor(net) as ex:
+        safe = ex.proven_safe(int(net.encoding["max"]))
+        assert safe == {p.name for p in net.populations if p.kind in ("lif", "gate", "integrator")}
+        fast = ex.run(x, record="all")
+        monkeypatch.setattr(Executor, "proven_safe", lambda self, m: frozenset())
+        slow = ex.run(x, record="all")
+    assert slow.overflow.total == 0
+    for k in fast.outputs:
+        np.testing.assert_array_equal(fast.outputs[k], slow.outputs[k])
+    np.testing.assert_array_equal(fast.logits_int, slow.logits_int)
+
+
+
 def test_exact_beyond_float32_and_float64_ranges():
     """Graded sums above 2**24 (float64 path) and 2**53 (scipy int64 path) stay exact: a 1x1 max-pool relay passes the
     summed current through unchanged, so its output is the raw sum itself."""
