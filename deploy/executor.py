@@ -51,7 +51,9 @@ BINARY_KINDS = frozenset({"lif", "gate", "integrator"})  # output 0/1 spikes
 GRADED_KINDS = frozenset({"input", "maxpool", "relay"})  # output integers
 F32_EXACT = 1 << 24  # every integer of magnitude <= 2**24 is a float32; partial sums stay below the bound
 F64_EXACT = 1 << 53
-BLOCK = 1 << 18  # neurons per fixed-point call: measured best on CIFAR 2-256 (2**15: 0.73x, 2**17: 0.76x, 2**18: 0.90x the float model, noisy)
+# neurons per fixed-point call; measured on CIFAR 2-256 (executor / float model, noisy): 2**15 0.73x, 2**17 0.76x,
+# 2**18 0.90x
+BLOCK = 1 << 18
 
 Record = None | Iterable[str] | Literal["all"]
 
