@@ -254,15 +254,17 @@ def _train(args: argparse.Namespace, warnings: list[str], info: D.DistInfo) -> i
             ema=ema, mixup_fn=mixup_fn, clip_grad=args.clip_grad, clip_mode=args.clip_mode, amp=use_amp,
             start=first, before_first=before_first, after_step=after_step, progress=bool(args.progress),
             desc=f"epoch {epoch}")
+        if info.distributed and args.dist_bn in ("broadcast", "reduce"):
+            # before validation (as timm / the official script): every rank then validates with, and the checkpoint
+            # holds, the same BatchNorm statistics. Without it (the official default "") each rank keeps its own
+            from timm.utils import distribute_bn
+
+            distribute_bn(model, info.world_size, args.dist_bn == "reduce")
         eval_metrics = validate(model, loaders.val, info, amp=use_amp, progress=bool(args.progress))
         if ema is not None and not args.model_ema_force_cpu:
             # official: with EMA, the EMA model's metrics decide the best checkpoint
             eval_metrics = validate(ema.module, loaders.val, info, amp=use_amp, progress=bool(args.progress),
                                     desc="eval ema")
-        if info.distributed and args.dist_bn in ("broadcast", "reduce"):
-            from timm.utils import distribute_bn
-
-            distribute_bn(model, info.world_size, args.dist_bn == "reduce")
         lr = float(optimizer.param_groups[0]["lr"])
         metric = eval_metrics[args.eval_metric]
         scheduler.step(epoch + 1, metric)
