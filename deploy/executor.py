@@ -40,8 +40,8 @@ import scipy.sparse as sps
 import torch
 import torch.nn.functional as F
 
-from deploy.fixed_point import (U_WRAP_LIMIT, V_CLIP_LIMIT, OverflowCounters, lif_step, lifreset_step,
-                                 quantize_dense_weights)
+from deploy.fixed_point import (ACT_SHIFT, DECAY_SHIFT, U_WRAP_LIMIT, V_CLIP_LIMIT, VTH_SHIFT, OverflowCounters,
+                                 effective_bias, lif_step, lifreset_step, quantize_dense_weights)
 from deploy.intnet import IntNet, Population, Synapse
 
 __all__ = ["ExecResult", "Executor", "run_intnet", "conv_to_sparse", "synapse_matrix", "population_input_shape",
@@ -427,10 +427,13 @@ def _row_sums(s: Synapse, src_shape: tuple[int, ...], n_dst: int) -> tuple[np.nd
     return np.rint(pos).astype(np.int64), np.rint(neg).astype(np.int64)
 
 
-def input_ranges(net: IntNet, input_range: tuple[int, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def input_ranges(net: IntNet, input_range: tuple[int, int], term_max: dict[str, int] | None = None
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per population, per neuron of its summed input ``a`` (C,H,W order): the lowest and highest value any input in
     ``input_range`` can produce (weight units; a negative exponent floors, which is monotone, so bounds stay bounds).
-    Binary sources span 0..1, graded ones (relays, the input) the range of their own outputs."""
+    Binary sources span 0..1, graded ones (relays, the input) the range of their own outputs. ``term_max``, if given,
+    receives per population the largest magnitude any single incoming term (a synapse's sum before and after its
+    exponent, or an edge's value) can take."""
     out_rng: dict[str, tuple[int, int]] = {}
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for p in net.populations:
@@ -443,11 +446,18 @@ def input_ranges(net: IntNet, input_range: tuple[int, int]) -> dict[str, tuple[n
             x_lo, x_hi = out_rng[s.src] if s.graded else (0, 1)
             pos, neg = _row_sums(s, tuple(net.population(s.src).shape), n)
             h, lw = pos * x_hi + neg * x_lo, pos * x_lo + neg * x_hi
-            hi += _shift(h, s.weight_exp)
-            lo += _shift(lw, s.weight_exp)
+            sh, slw = _shift(h, s.weight_exp), _shift(lw, s.weight_exp)
+            hi += sh
+            lo += slw
+            if term_max is not None:
+                big = max(int(np.abs(h).max(initial=0)), int(np.abs(lw).max(initial=0)),
+                          int(np.abs(sh).max(initial=0)), int(np.abs(slw).max(initial=0)))
+                term_max[p.name] = max(term_max.get(p.name, 0), big)
         for src in net.edges_into(p.name):
             hi += out_rng[src][1]
             lo += out_rng[src][0]
+            if term_max is not None:
+                term_max[p.name] = max(term_max.get(p.name, 0), *(abs(v) for v in out_rng[src]))
         ranges[p.name] = (lo, hi)
         out_rng[p.name] = (0, 1) if p.kind in BINARY_KINDS else (int(lo.min(initial=0)), int(hi.max(initial=0)))
     return ranges
@@ -538,6 +548,7 @@ class Executor:
         self.threads = max(1, threads or torch.get_num_threads() or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self._safe: dict[int, frozenset[str]] = {}  # input bound -> populations proven overflow-free
+        self._fast32: dict[int, frozenset[str]] = {}  # ... of which LIFs that may run in int32 (_lif_int32)
         # last consumer of every population, so outputs nobody needs any more are freed early
         self._last_use: dict[str, int] = {}
         for i, item in enumerate(self.plan):
@@ -556,8 +567,13 @@ class Executor:
         if got is not None:
             return got
         safe = set()
-        for p_name, (lo, hi) in input_ranges(self.net, (0, int(input_max))).items():
+        terms: dict[str, int] = {}
+        fast: set[str] = set()
+        for p_name, (lo, hi) in input_ranges(self.net, (0, int(input_max)), terms).items():
             p = self.net.population(p_name)
+            if p.kind in ("maxpool", "relay") and terms.get(p_name, 0) < 1 << 30 and \
+                    max(int(hi.max(initial=0)), -int(lo.min(initial=0))) < 1 << 30:
+                fast.add(p_name)  # its sums fit in int32
             if p.kind not in BINARY_KINDS or p.du != 4095 or 64 * max(int(hi.max(initial=0)), -int(lo.min(initial=0))) \
                     >= U_WRAP_LIMIT:
                 continue
@@ -572,7 +588,11 @@ class Executor:
                             int(((-64 * lo + np.maximum(-b, 0)) * 4096 // p.dv + 1).max(initial=0)))
             if worst <= V_CLIP_LIMIT:
                 safe.add(p_name)
+                # every term and every partial sum also fits in int32, and the decay is a shift: the int32 path
+                if p.kind == "lif" and 0 < p.dv < 4096 and p.dv & (p.dv - 1) == 0 and terms.get(p_name, 0) < 1 << 30:
+                    fast.add(p_name)
         self._safe[input_max] = frozenset(safe)
+        self._fast32[input_max] = frozenset(fast)
         return self._safe[input_max]
 
     def close(self) -> None:
@@ -713,12 +733,13 @@ class Executor:
         return list(self._pool.map(fn, items))
 
     @staticmethod
-    def _block_input(terms: list[_Term], edges: list[np.ndarray], ts: slice | int, bs: slice, js: slice) -> np.ndarray:
+    def _block_input(terms: list[_Term], edges: list[np.ndarray], ts: slice | int, bs: slice, js: slice,
+                     dtype: type = np.int64) -> np.ndarray:
         """Exact int64 input ``a`` of one block: every synapse's raw sum shifted by its exponent, plus the edges."""
         a = None
         for raw, e in terms:
             r = raw[ts if raw.shape[0] > 1 else slice(0, 1) if isinstance(ts, slice) else 0, bs, js]
-            r = r.astype(np.int64)  # a fresh copy: shifted and summed in place
+            r = r.astype(dtype)  # a fresh copy: shifted and summed in place
             _shift_inplace(r, e if isinstance(e, (int, np.integer)) else e[js])
             if a is None or a.shape != np.broadcast_shapes(a.shape, r.shape):
                 a = r if a is None else a + r
@@ -727,13 +748,13 @@ class Executor:
         for ed in edges:
             r = ed[ts if ed.shape[0] > 1 else slice(0, 1) if isinstance(ts, slice) else 0, bs, js]
             if a is None or a.shape != np.broadcast_shapes(a.shape, r.shape):
-                a = r.astype(np.int64) if a is None else a + r
+                a = r.astype(dtype) if a is None else a + r
             else:
                 a += r
         return a
 
-    def _neurons(self, item: _Pop, terms: list[_Term], edges: list[np.ndarray], T: int, B: int, check: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray | None, OverflowCounters, np.ndarray]:
+    def _neurons(self, item: _Pop, terms: list[_Term], edges: list[np.ndarray], T: int, B: int, check: bool = True,
+                 int32: bool = False) -> tuple[np.ndarray, np.ndarray | None, OverflowCounters, np.ndarray]:
         """Sum the inputs and run the population's neurons over T steps, block by block in parallel threads.
 
         Returns int8 spikes ``[T, B, n]``, the final v ``[B, n]`` (lif / integrator), the overflow counts and the spike
@@ -759,6 +780,33 @@ class Executor:
                 spikes[:, bs, js] = s  # (a static gate keeps one frame)
                 cnt = np.count_nonzero(s, axis=2).sum(0) * (T // s.shape[0])
                 return c, bs, cnt
+        elif int32:  # a LIF proven overflow-free with a shift decay: lif_step's arithmetic on int32 (half the traffic)
+            k = DECAY_SHIFT - p.dv.bit_length() + 1  # decay = x * 2**-k, truncated toward zero
+            th = p.vth << VTH_SHIFT
+            b32 = effective_bias(bias, p.bias_exp).astype(np.int32)
+
+            def run(block: tuple[slice, slice]) -> tuple:
+                bs, js = block
+                v = None
+                cnt = 0
+                for t in range(T):
+                    a = self._block_input(terms, edges, t, bs, js, np.int32)
+                    a <<= ACT_SHIFT  # u = a << 6 (du = 4095: no current memory)
+                    if v is None:  # v starts at 0, which decays to 0
+                        v = a
+                    else:
+                        d = v >> 31
+                        d &= (1 << k) - 1
+                        v += d
+                        v >>= k
+                        v += a
+                    v += b32[js]
+                    s = v > th  # strict
+                    np.putmask(v, s, 0)
+                    spikes[t, bs, js] = s
+                    cnt = cnt + np.count_nonzero(s, axis=1)
+                final_v[bs, js] = v
+                return OverflowCounters(), bs, cnt
         else:  # lif, integrator: the recurrence over T
             def run(block: tuple[slice, slice]) -> tuple:
                 bs, js = block
@@ -781,13 +829,17 @@ class Executor:
             counts[bs] += cnt
         return spikes, final_v, counters, counts
 
-    def _relay(self, item: _Pop, terms: list[_Term], edges: list[np.ndarray], B: int) -> np.ndarray:
+    def _relay(self, item: _Pop, terms: list[_Term], edges: list[np.ndarray], B: int, int32: bool = False
+               ) -> np.ndarray:
         """A graded relay: exact int64 currents (internal order of its input grid), max-pooled with -inf padding for a
-        ``maxpool`` relay, passed on as they are for a ``relay``."""
+        ``maxpool`` relay, passed on as they are for a ``relay``. ``int32``: every term and sum is proven to fit."""
         S = max([t[0].shape[0] for t in terms] + [e.shape[0] for e in edges] + [1])
-        a = np.zeros((S, B, int(np.prod(item.in_shape))), np.int64)
+        dtype = np.int32 if int32 else np.int64
+        a = np.zeros((S, B, int(np.prod(item.in_shape))), dtype)
         for raw, e in terms:
-            a += _shift(raw.astype(np.int64), e)
+            r = raw.astype(dtype)
+            _shift_inplace(r, e)
+            a += r
         for ed in edges:
             a += ed
         if item.pop.kind == "relay":
@@ -823,6 +875,7 @@ class Executor:
         total = OverflowCounters()
         B = 0
         safe: frozenset[str] = frozenset()
+        fast32: frozenset[str] = frozenset()
         for i, item in enumerate(self.plan):
             p = item.pop
             if p.kind == "input":
@@ -830,14 +883,16 @@ class Executor:
                 B = out.shape[1]
                 out_max[p.name] = int(np.abs(out).max()) if out.size else 0
                 safe = self.proven_safe(out_max[p.name])
+                fast32 = self._fast32.get(out_max[p.name], frozenset())
             else:
                 terms = self._terms(item, outs, out_max)
                 edges = [outs[e] for e in item.edges]
                 if p.kind in ("maxpool", "relay"):
-                    out = self._relay(item, terms, edges, B)
+                    out = self._relay(item, terms, edges, B, p.name in fast32)
                     out_max[p.name] = int(np.abs(out).max()) if out.size else 0
                 else:
-                    out, v, c, counts[p.name] = self._neurons(item, terms, edges, T, B, p.name not in safe)
+                    out, v, c, counts[p.name] = self._neurons(item, terms, edges, T, B, p.name not in safe,
+                                                              p.name in fast32)
                     by_pop[p.name] = c
                     total.u_wraps += c.u_wraps
                     total.v_clips += c.v_clips

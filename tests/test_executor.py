@@ -436,6 +436,9 @@ def test_overflow_checks_are_skipped_only_where_overflow_is_proven_impossible(mo
     with Executor(net) as ex:
         safe = ex.proven_safe(int(net.encoding["max"]))
         assert safe == {p.name for p in net.populations if p.kind in ("lif", "gate", "integrator")}
+        # tau = 2 LIFs and the relays also take the int32 path (checked against the step reference elsewhere)
+        assert ex._fast32[int(net.encoding["max"])] == {p.name for p in net.populations
+                                                         if p.kind in ("lif", "maxpool", "relay")}
         fast = ex.run(x, record="all")
         monkeypatch.setattr(Executor, "proven_safe", lambda self, m: frozenset())
         slow = ex.run(x, record="all")
