@@ -14,9 +14,14 @@ Synapses (exact integer arithmetic; each produces its raw sum ``W @ x``, the exp
     sum is then an exactly representable integer), float64 below 2**53, else scipy int64. ``sparse`` synapses: scipy.
     Synapses with disjoint output rows from one source (per-channel exponent groups) are merged into one kernel.
 Neurons:
-    through ``deploy.fixed_point`` (``lif_step``, ``lifreset_step``) on int64 blocks of ~32k neurons (cache-sized, in
-    parallel threads: NumPy releases the GIL); each block first sums its exact input ``a`` from the synapses' raw sums
-    (shifted by their exponents, arithmetic right shift = Lava's floor) and the direct edges.
+    through ``deploy.fixed_point`` (``lif_step``, ``lifreset_step``) on int64 blocks of ~256k neurons (in parallel
+    threads: NumPy releases the GIL); each block first sums its exact input ``a`` from the synapses' raw sums (shifted
+    by their exponents, arithmetic right shift = Lava's floor) and the direct edges. Before a batch,
+    :meth:`Executor.proven_safe` bounds every population's input for ANY input in the batch's range (per neuron,
+    border-aware): where u can never wrap and v never clip, the per-step overflow checks are skipped (the counters
+    read 0 because 0 is proven), and where in addition every term fits int32 and the decay is a shift (tau = 2), the
+    same arithmetic runs on int32 (``_neurons(int32=True)``, relays likewise): half the memory traffic. Every other
+    network (hand-made, damaged, overflowing) takes the checked int64 path.
 Weights:
     must already be what Lava's fixed-point Dense/Sparse uses (clipped, low bits truncated, 8 weight bits); a weight
     Lava would change is refused with a ``ValueError`` rather than silently altered.
