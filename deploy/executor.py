@@ -552,8 +552,8 @@ class Executor:
         self.plan = _plan(net)
         self.threads = max(1, threads or torch.get_num_threads() or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        self._safe: dict[int, frozenset[str]] = {}  # input bound -> populations proven overflow-free
-        self._fast32: dict[int, frozenset[str]] = {}  # ... of which LIFs that may run in int32 (_lif_int32)
+        self._safe: dict[tuple[int, int], frozenset[str]] = {}  # input range -> populations proven overflow-free
+        self._fast32: dict[tuple[int, int], frozenset[str]] = {}  # LIFs and relays that may run in int32
         # last consumer of every population, so outputs nobody needs any more are freed early
         self._last_use: dict[str, int] = {}
         for i, item in enumerate(self.plan):
@@ -562,19 +562,20 @@ class Executor:
             for e in item.edges:
                 self._last_use[e] = i
 
-    def proven_safe(self, input_max: int) -> frozenset[str]:
-        """Populations whose u can never wrap and v never clip for ANY input in ``0..input_max``: per-neuron input
-        ranges (:func:`input_ranges`) through Lava's equations (du = 4095, so u = a << 6; v after a step is <= 64*vth,
-        else it was reset; negative v is a geometric series of the decay), the quantiser's own worst case.
+    def proven_safe(self, input_max: int, input_min: int = 0) -> frozenset[str]:
+        """Populations whose u can never wrap and v never clip for ANY input in ``input_min..input_max``: per-neuron
+        input ranges (:func:`input_ranges`) through Lava's equations (du = 4095, so u = a << 6; v after a step is
+        <= 64*vth, else it was reset; negative v is a geometric series of the decay), the quantiser's own worst case.
         Their per-step overflow checks are skipped: the counters read 0 because 0 is proven, not because nobody
         looked. The quantiser's scales satisfy these bounds; hand-made or damaged networks are checked step by step."""
-        got = self._safe.get(input_max)
+        key = (min(int(input_min), 0), int(input_max))
+        got = self._safe.get(key)
         if got is not None:
             return got
         safe = set()
         terms: dict[str, int] = {}
         fast: set[str] = set()
-        for p_name, (lo, hi) in input_ranges(self.net, (0, int(input_max)), terms).items():
+        for p_name, (lo, hi) in input_ranges(self.net, key, terms).items():
             p = self.net.population(p_name)
             if p.kind in ("maxpool", "relay") and terms.get(p_name, 0) < 1 << 30 and \
                     max(int(hi.max(initial=0)), -int(lo.min(initial=0))) < 1 << 30:
@@ -596,9 +597,9 @@ class Executor:
                 # every term and every partial sum also fits in int32, and the decay is a shift: the int32 path
                 if p.kind == "lif" and 0 < p.dv < 4096 and p.dv & (p.dv - 1) == 0 and terms.get(p_name, 0) < 1 << 30:
                     fast.add(p_name)
-        self._safe[input_max] = frozenset(safe)
-        self._fast32[input_max] = frozenset(fast)
-        return self._safe[input_max]
+        self._safe[key] = frozenset(safe)
+        self._fast32[key] = frozenset(fast)
+        return self._safe[key]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -887,8 +888,9 @@ class Executor:
                 out = self._frames(x_int, item)
                 B = out.shape[1]
                 out_max[p.name] = int(np.abs(out).max()) if out.size else 0
-                safe = self.proven_safe(out_max[p.name])
-                fast32 = self._fast32.get(out_max[p.name], frozenset())
+                x_lo, x_hi = (int(out.min()), int(out.max())) if out.size else (0, 0)
+                safe = self.proven_safe(x_hi, x_lo)  # the batch's own input range (negative values included)
+                fast32 = self._fast32.get((min(x_lo, 0), x_hi), frozenset())
             else:
                 terms = self._terms(item, outs, out_max)
                 edges = [outs[e] for e in item.edges]
@@ -897,7 +899,7 @@ class Executor:
                     out_max[p.name] = int(np.abs(out).max()) if out.size else 0
                 else:
                     out, v, c, counts[p.name] = self._neurons(item, terms, edges, T, B, p.name not in safe,
-                                                              p.name in fast32)
+                                                              p.name in fast32 and p.name in safe)
                     by_pop[p.name] = c
                     total.u_wraps += c.u_wraps
                     total.v_clips += c.v_clips

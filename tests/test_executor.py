@@ -437,16 +437,27 @@ def test_overflow_checks_are_skipped_only_where_overflow_is_proven_impossible(mo
         safe = ex.proven_safe(int(net.encoding["max"]))
         assert safe == {p.name for p in net.populations if p.kind in ("lif", "gate", "integrator")}
         # tau = 2 LIFs and the relays also take the int32 path (checked against the step reference elsewhere)
-        assert ex._fast32[int(net.encoding["max"])] == {p.name for p in net.populations
+        assert ex._fast32[(0, int(net.encoding["max"]))] == {p.name for p in net.populations
                                                          if p.kind in ("lif", "maxpool", "relay")}
         fast = ex.run(x, record="all")
-        monkeypatch.setattr(Executor, "proven_safe", lambda self, m: frozenset())
+        monkeypatch.setattr(Executor, "proven_safe", lambda self, hi, lo=0: frozenset())
         slow = ex.run(x, record="all")
     assert slow.overflow.total == 0
     for k in fast.outputs:
         np.testing.assert_array_equal(fast.outputs[k], slow.outputs[k])
     np.testing.assert_array_equal(fast.logits_int, slow.logits_int)
 
+
+
+def test_negative_graded_inputs_are_bounded_by_their_own_range():
+    """a = 100*x0 - 100*x1 reaches 200,000 (u = a << 6 wraps) for x = (1000, -1000); a bound that assumed inputs in
+    0..max|x| would say 100,000 (no wrap) and skip the check. The wrap must be counted."""
+    net = IntNet((_pop("inp", "input", (2,)), _pop("n", "lif", (1,), du=4095, dv=2048, vth=131071)),
+                 (Synapse("s", "inp", "n", "dense", np.array([[100, -100]]), graded=True),), (), 1, {}, {})
+    res = run_intnet(net, np.array([[1000, -1000]], np.int64))
+    assert res.overflow_by_population["n"].u_wraps == 1
+    quiet = run_intnet(net, np.array([[600, 0]], np.int64))  # 60,000 << 6 < 2**23: proven, nothing to count
+    quiet.overflow.assert_none()
 
 
 def test_exact_beyond_float32_and_float64_ranges():
