@@ -252,7 +252,6 @@ class _Syn:
         """Choose the kernel and lay weights out for the internal (channels-last) orders. Called once."""
         sums = self.row_abs_sums()
         self.raw_unit = int(sums.max()) if sums.size else 0  # bound of the raw accumulator per unit input
-        self.unit_bound = int(max((int(v) << max(int(e), 0) for v, e in zip(sums, self.row_exp)), default=0))
         src_perm, dst_perm = _hwc_perm(self.src_shape), _hwc_perm(self.dst_shape)
         extra = 0
         # int8 GEMM when the synapse only ever sees 0/1 (a spiking source, or binary message mode) and the weights fit
@@ -472,20 +471,10 @@ def current_bounds(net: IntNet, input_max: int) -> dict[str, int]:
     """Worst-case ``max |a|`` per population (weight units, before Lava's ``<< 6``) for inputs with ``|x| <= input_max``.
 
     A population whose bound reaches ``2**17`` can wrap ``u`` (``(a << 6) > 2**23``); a quantiser can refuse such nets
-    before running anything. Binary sources count 1; a max-pool relay passes on the bound of its input.
+    before running anything. The per-neuron ranges of :func:`input_ranges`, reduced to one number per population.
     """
-    out_max: dict[str, int] = {}
-    bounds: dict[str, int] = {}
-    for item in _plan(net):
-        p = item.pop
-        if p.kind == "input":
-            out_max[p.name] = int(input_max)
-            continue
-        b = sum(s.unit_bound * (1 if not s.syn.graded else out_max[s.syn.src]) for s in item.syns) \
-            + sum(out_max[e] for e in item.edges)
-        bounds[p.name] = b
-        out_max[p.name] = 1 if item.binary else b
-    return bounds
+    return {name: max(int(hi.max(initial=0)), -int(lo.min(initial=0)))
+            for name, (lo, hi) in input_ranges(net, (-int(input_max), int(input_max))).items()}
 
 
 # -------------------------------------------------------------------------------------------------- execution
@@ -600,6 +589,16 @@ class Executor:
         self._safe[key] = frozenset(safe)
         self._fast32[key] = frozenset(fast)
         return self._safe[key]
+
+    def _proof_range(self, x: np.ndarray) -> tuple[int, int]:
+        """The input range the overflow proof is made for: the encoding's declared range when the batch lies inside
+        it (one proof for the whole data set, computed once), else the batch's own range (negative values included)."""
+        lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+        enc = self.net.encoding if hasattr(self.net.encoding, "get") else {}
+        e_lo, e_hi = enc.get("min"), enc.get("max")
+        if isinstance(e_lo, int) and isinstance(e_hi, int) and e_lo <= lo and hi <= e_hi:
+            return e_lo, e_hi
+        return lo, hi
 
     def close(self) -> None:
         if self._pool is not None:
@@ -888,8 +887,8 @@ class Executor:
                 out = self._frames(x_int, item)
                 B = out.shape[1]
                 out_max[p.name] = int(np.abs(out).max()) if out.size else 0
-                x_lo, x_hi = (int(out.min()), int(out.max())) if out.size else (0, 0)
-                safe = self.proven_safe(x_hi, x_lo)  # the batch's own input range (negative values included)
+                x_lo, x_hi = self._proof_range(out)
+                safe = self.proven_safe(x_hi, x_lo)
                 fast32 = self._fast32.get((min(x_lo, 0), x_hi), frozenset())
             else:
                 terms = self._terms(item, outs, out_max)
