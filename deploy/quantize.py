@@ -13,7 +13,7 @@ graph                  integer network
                        readers take it by a direct edge, their bias the sum of the term biases
 ``avgpool`` of conv    one composed conv synapse (NIR-clean SPS stage 3)
 ``mean_tokens``        one graded synapse of equal weights averages the last stream relay over tokens into the head
-                       LIF (a stream that is no relay yet is summed in a ``<node>.sum`` relay first)
+                       LIF
 ``maxpool`` (real)     ``maxpool`` relay population on the stage-3 current; consumers read it by direct edges (bias
                        commutes: maxpool(x + b) = maxpool(x) + b per channel, so biases go to the consumers)
 ``lif``                ``lif`` population: du=4095 (u = a << 6), dv = 4096*decay, vth, per-neuron bias
@@ -377,14 +377,10 @@ def _lower(graph: Graph, levels: int) -> tuple[list[_Plan], dict[str, Any], dict
             in_shape = graph.node(node.inputs[0]).shape
             C = node.shape[0]
             n = int(np.prod(in_shape[1:]))
-            if any(t.kind not in ("edge", "conv") or (t.kind == "edge" and not t.relay) for t in cur.terms):
-                bad = next(t.kind for t in cur.terms if t.kind != "conv")
-                raise UserError(f"{node.name}: mean over tokens of a {bad} term is not supported")
+            if len(cur.terms) != 1 or cur.terms[0].kind != "edge" or not cur.terms[0].relay:
+                raise UserError(f"{node.name}: the mean over tokens must read the membrane stream (a relay); got "
+                                f"{', '.join(t.kind for t in cur.terms)} terms")
             src = cur.terms[0].src
-            if len(cur.terms) > 1 or cur.terms[0].kind != "edge":  # sum the stream once per token in a relay
-                src = f"{node.name}.sum"
-                add(_Plan(src, "relay", tuple(in_shape), node.name, list(cur.terms), None,
-                          attrs={"op": "sum", "in_shape": list(in_shape)}))
             # relay (C,H,W) -> (C,): graded, equal weights 1/n over the tokens (the per-channel bias goes to the reader)
             currents[node.name] = _Current([_Term(f"{node.name}.mean", src, "sparse", np.full(C * n, 1.0 / n),
                                                   {"shape": [C, C * n]}, graded=True, relay=True,
@@ -815,7 +811,8 @@ class _Solver:
             sols[m.name].report["group"] = ref.name
 
     def _solve_relay_and_reader(self, r: _Plan) -> None:
-        """A sum relay in no scale group (no relay edge in the stream) and the one LIF that averages it: searched
+        """A stream relay in no scale group (no relay edge into it and no LIF reading it by edge: the NIR-clean SDT
+        without blocks) and the one LIF that averages it: searched
         together over the LIF's K, the relay at ``K_r = c * K * 2**-e`` with the lowest weight exponent e that keeps the
         relay inside 24 bits, so that the averaging synapse's weight ``c * K / K_r = 2**e`` is exact."""
         readers = [q for q in self.plans if any(t.src == r.name for t in q.terms)]

@@ -185,6 +185,23 @@ def _assert_head_mean_is_one_exact_relay(net: IntNet, graph) -> None:
     assert all(len(d) == 1 for k, d in dsts.items() if k in graph and graph.node(k).op in ("conv2d", "linear"))
 
 
+def test_stream_relay_without_scale_group_is_solved_with_the_head():
+    """The NIR-clean SDT without blocks: its only stream relay (rpe conv + composed avg-pool) has no relay edge in and
+    no LIF reading it by edge, so its scale is searched together with the head's; the result is Lava-legal, provably
+    overflow-free and close to the float model."""
+    model = tiny_model(0, variant="nir_clean", pooling_stat="1111", depths=0)
+    net, report, graph = quantize_model(model)
+    _lava_limits(net)
+    _assert_no_overflow_possible(net)
+    relay = net.population("MS_SPS_out")
+    assert relay.kind == "relay" and not net.edges_into(relay.name)
+    assert report["layers"]["MS_SPS_out"]["group"] == report["layers"]["head_lif"]["group"] == "head_lif"
+    x = _grid_images(32, 1)
+    lf = run_graph(graph, x)[0].numpy()
+    li = decode_logits(net, run_intnet(net, encode_input(net, x)).logits_int)
+    assert np.corrcoef(lf.ravel(), li.ravel())[0, 1] > 0.99
+
+
 def test_quantisation_is_deterministic(tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     save(quantize_model(_model("official-0011"))[0], a)
