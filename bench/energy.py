@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import sdt  # noqa: E402
 from deploy.energy import EnergyCounter  # noqa: E402
+from deploy.energy.run import count_float  # noqa: E402
 from export.from_model import build_graph  # noqa: E402
 from export.run_graph import run_graph  # noqa: E402
 
@@ -52,13 +53,9 @@ def _model(cfg: dict) -> sdt.SpikeDrivenTransformer:
 
 
 def _counted(graph, counter: EnergyCounter, x: torch.Tensor, batches_per_report: int):
-    """What ``sdt-energy`` does per batch (``deploy.energy.run.count_float``): count each tensor as it is made; the
-    per-node counts are built once per report, so their cost is charged here as a 1/``batches_per_report`` share."""
-    tally = counter.tally()
-    for _ in range(batches_per_report):
-        run_graph(graph, x, record=counter.required, on_record=tally.add)
-        tally.end_batch()
-    return tally.counts()
+    """What ``sdt-energy`` does for a report (``deploy.energy.run.count_float``): each tensor counted as it is made,
+    the per-node counts built once, so their cost is charged here as a 1/``batches_per_report`` share."""
+    return count_float(graph, counter, [x] * batches_per_report)[0]
 
 
 def _best_median(fns: dict[str, Callable[[], object]], passes: int, budget_s: float) -> dict[str, float]:
