@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--samples", type=int, default=200,
                    help="samples per report (sdt-energy in make demo: 200); the once-per-report work is shared by them")
+    p.add_argument("--model", action="append", choices=list(MODELS), help="only these models (repeatable)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'count/unc':>9s} {'ratio':>6s}")
     worst = 0.0
     for name, (cfg, batch) in MODELS.items():
+        if args.model and name not in args.model:
+            continue
         model = _model(cfg)
         graph = build_graph(model)
         counter = EnergyCounter(graph)

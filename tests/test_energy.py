@@ -567,3 +567,39 @@ def test_tally_over_batches_equals_joined_counts():
         t = counter.tally()
         t.add(counter.required[0], run_graph(g, xs[0], record=counter.required)[1][counter.required[0]])
         t.end_batch()
+
+
+@pytest.mark.parametrize("forms", [("const",), ("pos",), ("chan",), ("border",), ("full",), (),
+                                   ("const", "pos"), ("const", "border", "border2"), ("pos", "chan", "border", "full"),
+                                   ("const", "pos", "chan", "border", "border2", "full")])
+def test_stacked_maps_equal_brute_force(forms):
+    """The counter computes every consumer's ``sum(X * map)`` of a source as one product of a few reductions with
+    the stacked maps; for maps of every form (and sources mixing them, border sets that differ), each column equals
+    the brute-force weighted sum for every sample, and column 0 is the spike count."""
+    from deploy.energy.counter import _map_form, _plan_source
+
+    rng = np.random.default_rng(len(forms))
+    c, hw = 5, 12
+    make = {
+        "const": lambda: np.full((c, hw), 7.0),
+        "pos": lambda: np.tile(rng.integers(0, 9, hw), (c, 1)).astype(float),
+        "chan": lambda: np.tile(rng.integers(1, 9, (c, 1)), (1, hw)).astype(float),
+        "border": lambda: _with_border(rng, c, hw, [0, 1]),
+        "border2": lambda: _with_border(rng, c, hw, [1, 11]),
+        "full": lambda: rng.integers(0, 9, (c, hw)).astype(float),
+    }
+    maps = [("n%d" % i, "q", make[f]()) for i, f in enumerate(forms)]
+    assert [_map_form(m)[0] for _, _, m in maps] == [f.rstrip("2") for f in forms]
+    src = _plan_source("s", c, hw, True, False, maps)
+    x = torch.from_numpy(rng.random((6, c, hw)) < 0.4).float()
+    out = EnergyCounter._reduce(src, x)
+    assert out.shape == (6, 1 + len(maps))
+    np.testing.assert_array_equal(out[:, 0], x.sum((1, 2)).numpy())
+    for j, (_, _, m) in enumerate(maps, start=1):
+        np.testing.assert_array_equal(out[:, j], (x.double().numpy() * m).sum((1, 2)))
+
+
+def _with_border(rng: np.random.Generator, c: int, hw: int, border: list[int]) -> np.ndarray:
+    m = np.tile(rng.integers(1, 9, (c, 1)), (1, hw)).astype(float)
+    m[:, border] += rng.integers(1, 4, (c, len(border)))
+    return m

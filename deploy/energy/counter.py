@@ -198,49 +198,87 @@ class Counts:
 
 # ---------------------------------------------------------------------------------------------------------- counter
 
-@dataclass
-class _Map:
-    """One weighted sum ``sum(X * map)`` over a ``[C, HW]`` source, stored in the cheapest exact form.
-
-    ``pos``: the map is the same for every channel (``vec [HW]``), so it is applied to the channel-summed tensor;
-    ``chan``: the same for every position (``vec [C]``), applied to the position-summed tensor; ``chan+border``: a
-    per-channel ``vec`` plus corrections ``corr [C, |P|]`` at the few positions ``P`` where the map differs (the
-    border of a padded conv); ``full``: anything else, one matrix-vector product."""
-
-    consumer: str
-    quantity: str
-    form: str
-    vec: torch.Tensor  # float64
-    idx: torch.Tensor | None = None
-    corr: torch.Tensor | None = None
-
-
-def _map_form(consumer: str, quantity: str, m: np.ndarray) -> _Map:
-    """Choose the cheapest exact form of the ``[C, HW]`` map ``m``."""
-    m = np.asarray(m, dtype=np.float64)
+def _map_form(m: np.ndarray) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """The cheapest exact form of a ``[C, HW]`` map: ``const`` (one value), ``pos`` (the same for every channel),
+    ``chan`` (the same for every position), ``border`` (per channel, except at the returned positions: the border of
+    a padded conv, with the per-channel value ``ref`` everywhere else), or ``full``. Returns ``(form, positions, ref)``."""
+    if (m == m.flat[0]).all():
+        return "const", None, None
     if (m == m[:1]).all():
-        return _Map(consumer, quantity, "pos", torch.from_numpy(m[0].copy()))
+        return "pos", None, None
     if (m == m[:, :1]).all():
-        return _Map(consumer, quantity, "chan", torch.from_numpy(m[:, 0].copy()))
+        return "chan", None, None
     cols, counts = np.unique(m.T, axis=0, return_counts=True)
     ref = cols[counts.argmax()]  # the most common per-position column: the interior, away from any border
     diff = np.flatnonzero((m != ref[:, None]).any(0))
     if len(diff) <= m.shape[1] // 2:
-        return _Map(consumer, quantity, "chan+border", torch.from_numpy(ref.copy()), torch.from_numpy(diff),
-                    torch.from_numpy(m[:, diff] - ref[:, None]))
-    return _Map(consumer, quantity, "full", torch.from_numpy(m.reshape(-1).copy()))
+        return "border", diff, ref
+    return "full", None, None
 
 
 @dataclass
 class _Source:
-    """A recorded tensor and the weighted sums its consumers need, computed from a few reductions of it."""
+    """A recorded tensor ``X [S, C, HW]`` (0/1) and the weighted sums ``sum(X * map)`` its consumers need, all
+    computed as one product ``features(X) @ weights``. ``features`` are the few reductions the maps need, in order:
+    ``pos`` (``X`` summed over channels, ``[HW]``), ``chan`` (summed over positions, ``[C]``), ``border`` (``X`` at
+    the positions ``idx``, ``[C*|idx|]``), ``full`` (``X`` itself), ``tot`` (the total); column 0 of ``weights`` is
+    the spike count, column ``j+1`` the sum for ``keys[j]`` = ``(consumer, quantity)``."""
 
     name: str
     c: int  # channels (the first dimension of the node shape; the features of a 1-D tensor)
     hw: int  # positions per channel
     binary: bool  # by op semantics (lif, and, pools of spikes); graded sources are binarised (non-zero -> 1)
-    maps: list[_Map]
+    keys: list[tuple[str, str]]
+    features: tuple[str, ...]
+    weights: torch.Tensor  # float64 [F, 1 + len(keys)]
+    idx: torch.Tensor | None = None
     static: bool = False  # the repeated static input: identical at every step, counted at step 0 only
+    shape: tuple[int, ...] = ()  # the node's shape (per sample and step)
+    is_input: bool = False
+
+
+def _plan_source(name: str, c: int, hw: int, binary: bool, static: bool,
+                 maps: Sequence[tuple[str, str, np.ndarray]]) -> _Source:
+    """Choose the fewest reductions that give every map exactly, and stack the maps into one weight matrix."""
+    ms = [(cons, q, np.asarray(m, dtype=np.float64).reshape(c, hw)) for cons, q, m in maps]
+    forms = [_map_form(m) for _, _, m in ms]
+    kinds = {f for f, _, _ in forms}
+    use = set(kinds - {"const"})
+    if "border" in use:
+        use.add("chan")
+    # constant maps need only the spike count, from whichever reduction is there or is the faster one: torch's CPU
+    # sum over channels (``pos``) is quick for small feature maps, its sum over positions (``chan``) for large ones
+    faster = "pos" if hw < 64 else "chan"
+    if not use:
+        use.add(faster if ms else "tot")
+    elif "const" in kinds and not use & {"pos", "chan"}:
+        use.add(faster)
+    features = tuple(f for f in ("pos", "chan", "border", "full", "tot") if f in use)
+    border = np.unique(np.concatenate([d for f, d, _ in forms if f == "border"])) if "border" in use else None
+    size = {"pos": hw, "chan": c, "border": c * (0 if border is None else len(border)), "full": c * hw, "tot": 1}
+    offset, o = {}, 0
+    for f in features:
+        offset[f], o = o, o + size[f]
+    W = np.zeros((o, 1 + len(ms)))
+    # the spike count: the sum of the first whole-tensor reduction
+    first = next(f for f in features if f in ("pos", "chan", "full", "tot"))
+    W[offset[first]:offset[first] + size[first], 0] = 1.0
+    const_into = faster if faster in use else ("chan" if "chan" in use else "pos")
+    for j, ((_, _, m), (form, _, ref)) in enumerate(zip(ms, forms), start=1):
+        if form == "const":
+            form = const_into
+        if form == "pos":
+            W[offset["pos"]:offset["pos"] + hw, j] = m[0]
+        elif form == "full":
+            W[offset["full"]:offset["full"] + c * hw, j] = m.reshape(-1)
+        else:  # chan, or chan plus corrections at the border positions
+            if form == "chan":
+                ref = m[:, 0]
+            else:
+                W[offset["border"]:offset["border"] + size["border"], j] = (m[:, border] - ref[:, None]).reshape(-1)
+            W[offset["chan"]:offset["chan"] + c, j] = ref
+    return _Source(name, c, hw, binary, [(cons, q) for cons, q, _ in ms], features, torch.from_numpy(W),
+                   None if border is None else torch.from_numpy(border), static)
 
 
 def binary_nodes(graph: Graph) -> set[str]:
@@ -289,9 +327,9 @@ class EnergyCounter:
 
     def _plan(self) -> list[_Source]:
         g = self.graph
-        maps: dict[str, list[_Map]] = {}
+        maps: dict[str, list[tuple[str, str, np.ndarray]]] = {}
 
-        def need(src: str) -> list[_Map]:
+        def need(src: str) -> list[tuple[str, str, np.ndarray]]:
             return maps.setdefault(src, [])
 
         for node in g:
@@ -308,13 +346,11 @@ class EnergyCounter:
                     dense, eff, flops = linear_fanout(node, mask)
                 self.flops[node.name] = flops
                 self.flops_valid[node.name] = self._dense_per_step[node.name] = float(dense.sum())
-                c = src.shape[0]
-                need(src.name).extend([_map_form(node.name, "syn", dense.reshape(c, -1)),
-                                       _map_form(node.name, "eff", eff.reshape(c, -1))])
+                need(src.name).extend([(node.name, "syn", dense), (node.name, "eff", eff)])
             elif node.op in POOL_BINARY:
                 src = g.node(node.inputs[0])
                 fan = pool_fanout(node, src.shape)
-                need(src.name).append(_map_form(node.name, "pool", fan.reshape(src.shape[0], -1)))
+                need(src.name).append((node.name, "pool", fan))
                 self._pool_compares[node.name] = float(fan.sum()) - float(np.prod(node.shape))
             elif node.op in ("maxpool", "avgpool"):
                 fan = pool_fanout(node, g.node(node.inputs[0]).shape)
@@ -324,8 +360,10 @@ class EnergyCounter:
         for name, ms in maps.items():
             node = g.node(name)
             c = int(node.shape[0])
-            sources.append(_Source(name, c, int(np.prod(node.shape)) // c, name in self.binary, ms,
-                                   static=node.op == "input" and self.static_input_once))
+            src = _plan_source(name, c, int(np.prod(node.shape)) // c, name in self.binary,
+                               node.op == "input" and self.static_input_once, ms)
+            src.shape, src.is_input = tuple(node.shape), node.op == "input"
+            sources.append(src)
         order = {n.name: i for i, n in enumerate(g)}
         return sorted(sources, key=lambda s: order[s.name])
 
@@ -347,12 +385,11 @@ class EnergyCounter:
         return Tally(self)
 
     def _add(self, tally: "Tally", name: str, x: Any) -> None:
-        g, T = self.graph, self.graph.T
         src = self._by_name.get(name)
         if src is None:
             return  # not needed for counting
-        x = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-        shape = g.node(src.name).shape
+        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        T, shape = self.graph.T, src.shape
         if x.dim() != 2 + len(shape) or x.shape[0] != T or tuple(x.shape[2:]) != shape:
             raise UserError(f"energy counter: tensor {src.name!r} has shape {tuple(x.shape)}, expected "
                             f"[{T}, B, {', '.join(map(str, shape))}]")
@@ -360,65 +397,53 @@ class EnergyCounter:
             tally.B = int(x.shape[1])
         elif x.shape[1] != tally.B:
             raise UserError(f"energy counter: tensor {src.name!r} has batch {x.shape[1]}, others {tally.B}")
-        B = tally.B
         if src.static:
             x = x[:1]
-        x = x.detach().reshape(x.shape[0] * B, src.c, src.hw)
+        x = (x.detach() if x.requires_grad else x).reshape(x.shape[0] * tally.B, src.c, src.hw)
         if not src.binary:
-            if g.node(src.name).op == "input":
+            if src.is_input:
                 tally.input_binary = bool(((x == 0) | (x == 1)).all())
             x = x != 0
-        cols = self._reduce(src, x)
-        if src.static:  # step 0 carries the only evaluation of a constant input
-            cols = {k: np.concatenate([v.reshape(1, B), np.zeros((T - 1, B))]) for k, v in cols.items()}
-        tally.sums[src.name] = {k: v.reshape(T, B) for k, v in cols.items()}
+        tally.sums[src.name] = self._reduce(src, x).reshape(-1, tally.B, 1 + len(src.keys))
 
-    def _finish(self, batches: Sequence[tuple[dict[str, dict[tuple[str, str], np.ndarray]], int, bool]]) -> Counts:
+    def _finish(self, batches: Sequence[tuple[dict[str, np.ndarray], int, bool]]) -> Counts:
         """Per-node counts of batches ``(sums, B, input_binary)``, joined along the sample axis."""
         if not batches:
             raise UserError("energy counter: no batch was counted")
-        if len(batches) == 1:
-            sums, B, input_binary = batches[0]
-        else:
-            sums = {name: {k: np.concatenate([b[0][name][k] for b in batches], axis=1) for k in cols}
-                    for name, cols in batches[0][0].items()}
-            B, input_binary = sum(b[1] for b in batches), all(b[2] for b in batches)
+        T = self.graph.T
+        B, input_binary = sum(b[1] for b in batches), all(b[2] for b in batches)
+        sums: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+        for src in self.sources:
+            a = batches[0][0][src.name] if len(batches) == 1 else np.concatenate([b[0][src.name] for b in batches], 1)
+            if src.static:  # step 0 carries the only evaluation of a constant input
+                a = np.concatenate([a, np.zeros((T - 1, *a.shape[1:]))])
+            sums[src.name] = {key: a[:, :, j] for j, key in enumerate([("", "nnz"), *src.keys])}
         nodes = {n.name: self._node_counts(n, sums, B, input_binary) for n in self.graph}
-        return Counts(self.graph.T, B, nodes, self.widths,
+        return Counts(T, B, nodes, self.widths,
                       {"input_binary": input_binary, "static_input_once": self.static_input_once})
 
     @staticmethod
-    def _reduce(src: _Source, x: torch.Tensor) -> dict[tuple[str, str], np.ndarray]:
-        """Every weighted sum ``src`` needs from ``x`` (``[S, C, HW]``, 0/1). Reductions run in float32, which is exact
-        because each partial sum is an integer below 2**24 (at most C or HW or C*HW ones); the products with the maps
-        are float64 on the reduced tensors. Gathers touch only the border positions; a full product only maps with no
-        structure (the DVS head-layout erode)."""
+    def _reduce(src: _Source, x: torch.Tensor) -> np.ndarray:
+        """``[S, 1 + len(src.keys)]``: the spike count and every weighted sum ``src`` needs from ``x`` (``[S, C, HW]``,
+        0/1), as one product of a few reductions with the stacked maps (few torch calls: on small models their
+        dispatch, not the arithmetic, is the counter's cost). Reductions run in float32, exact because each is an
+        integer below 2**24 (at most C or HW ones); the product with the maps is float64."""
         xf = x if x.dtype == torch.float32 else x.to(torch.float32)
         S = xf.shape[0]
-        forms = {m.form for m in src.maps}
-        # one pass over the tensor per reduction; the spike count comes from whichever reduction is needed anyway
-        pos = (xf.sum(1) if src.c > 1 else xf[:, 0]).to(torch.float64) if "pos" in forms else None  # [S, HW]
-        chan = None
-        if forms & {"chan", "chan+border"}:
-            chan = (xf.sum(2) if src.hw > 1 else xf[:, :, 0]).to(torch.float64)  # [S, C]
-        if pos is not None:
-            nnz = pos.sum(1)
-        elif chan is not None:
-            nnz = chan.sum(1)
-        else:
-            nnz = xf.reshape(S, -1).sum(1).to(torch.float64)
-        out = {("", "nnz"): nnz.numpy()}
-        for m in src.maps:
-            if m.form == "pos":
-                v = pos @ m.vec
-            elif m.form in ("chan", "chan+border"):
-                v = chan @ m.vec
-                if m.form == "chan+border":
-                    v = v + (xf[:, :, m.idx].to(torch.float64) * m.corr).sum((1, 2))
+        parts = []
+        for f in src.features:
+            if f == "pos":
+                parts.append(xf.sum(1) if src.c > 1 else xf[:, 0])
+            elif f == "chan":
+                parts.append(xf.sum(2) if src.hw > 1 else xf[:, :, 0])
+            elif f == "border":
+                parts.append(xf[:, :, src.idx].reshape(S, -1))
+            elif f == "full":
+                parts.append(xf.reshape(S, -1))
             else:
-                v = xf.reshape(S, -1).to(torch.float64) @ m.vec
-            out[(m.consumer, m.quantity)] = v.numpy()
-        return out
+                parts.append(xf.reshape(S, -1).sum(1, keepdim=True))
+        feats = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        return (feats.to(torch.float64) @ src.weights).numpy()
 
     def _nnz(self, name: str, sums: Mapping[str, Mapping[tuple[str, str], np.ndarray]], B: int) -> np.ndarray:
         node = self.graph.node(name)
@@ -580,11 +605,11 @@ class Tally:
 
     def __init__(self, counter: EnergyCounter) -> None:
         self.counter = counter
-        self.sums: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+        self.sums: dict[str, np.ndarray] = {}  # source -> [T or 1, B, 1 + maps] of the open batch
         self.B: int | None = None
         self.input_binary = False
         self.count_s = 0.0
-        self._done: list[tuple[dict[str, dict[tuple[str, str], np.ndarray]], int, bool]] = []
+        self._done: list[tuple[dict[str, np.ndarray], int, bool]] = []
 
     def add(self, name: str, x: Any) -> None:
         t0 = time.perf_counter()
