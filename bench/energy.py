@@ -1,7 +1,7 @@
 """Counting overhead of the energy counter: a counted run against an uncounted run of the same model (target <= 1.1x).
 
     python bench/energy.py                       # digits-size and CIFAR-size SDTs, CPU
-    python bench/energy.py --threads 1 --budget 60
+    python bench/energy.py --threads 1 --budget 40 [--model 'digits 1-64 16x16'] [--malloc default]
 
 Rows per model, times per batch over a report of ``--samples`` (200) samples: ``uncounted`` = the float graph executor
 alone (``run_graph``, nothing recorded); ``counted`` = the same run with each of the counter's tensors counted as it is
@@ -9,7 +9,9 @@ made and the per-node counts built once per report (``EnergyCounter.tally``: wha
 ``count only`` = the counter on already recorded tensors; ``model`` = the PyTorch forward for scale. Times are the
 best median over several passes. The overhead ``ratio`` is the median over *interleaved pairs* (uncounted, counted)
 run back to back, so that load from other processes on a shared machine hits both sides of each pair alike;
-``count/unc`` = count only / uncounted, the counter's own share.
+``count/unc`` = count only / uncounted, the counter's own share. Both sides run with glibc's allocator thresholds
+pinned, as the CLIs run (``sdt/malloc.py``); ``--malloc default`` leaves glibc's own regime, whose page faults vary
+with the heap's history by more than the counter costs.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from deploy.energy import EnergyCounter  # noqa: E402
 from deploy.energy.run import count_float  # noqa: E402
 from export.from_model import build_graph  # noqa: E402
 from export.run_graph import run_graph  # noqa: E402
+from sdt.malloc import pin_malloc  # noqa: E402
 
 MODELS = {
     # the digits preset (train.py): 1 block x 64 dims at 16x16, batch 32
@@ -97,10 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=200,
                    help="samples per report (sdt-energy in make demo: 200); the once-per-report work is shared by them")
     p.add_argument("--model", action="append", choices=list(MODELS), help="only these models (repeatable)")
+    p.add_argument("--malloc", choices=("pinned", "default"), default="pinned",
+                   help="glibc allocator regime: pinned thresholds as the CLIs run (default; sdt/malloc.py) or "
+                        "glibc's own, whose page faults vary from run to run")
     args = p.parse_args(argv)
+    pinned = args.malloc == "pinned" and pin_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU, "
+          f"malloc {'pinned' if pinned else 'default'}")
     print(f"times per batch; a report of {args.samples} samples")
     print(f"{'model':24s} {'batch':>5s} {'model':>9s} {'uncounted':>10s} {'counted':>9s} {'count only':>10s} "
           f"{'count/unc':>9s} {'ratio':>6s}")

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from sdt.errors import ArgumentParser, UserError, cli_entry
+from sdt.malloc import pin_malloc
 
 from .agreement import BACKENDS
 
@@ -189,6 +190,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    pin_malloc()  # batch after batch of the same large tensors: keep them out of the page-fault path
     return cli_entry(run)(argv if argv is not None else sys.argv[1:])
 
 

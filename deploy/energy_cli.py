@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdt.errors import ArgumentParser, UserError, cli_entry
+from sdt.malloc import pin_malloc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +118,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    pin_malloc()  # batch after batch of the same large tensors: keep them out of the page-fault path
     return cli_entry(run)(argv if argv is not None else sys.argv[1:])
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .errors import ArgumentParser, UserError, cli_entry
+from .malloc import pin_malloc
 from .firing import FiringRates
 
 LARGE_VALID = (288, 320)  # (crop, resize) of firing_num.py --large-valid
@@ -141,6 +142,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    pin_malloc()  # batch after batch of the same large tensors: keep them out of the page-fault path
     return cli_entry(run)(argv if argv is not None else sys.argv[1:])
 
 
