@@ -55,10 +55,21 @@ def _model(cfg: dict) -> sdt.SpikeDrivenTransformer:
     return m.eval()
 
 
-def _counted(graph, counter: EnergyCounter, x: torch.Tensor, batches_per_report: int):
-    """What ``sdt-energy`` does for a report (``deploy.energy.run.count_float``): each tensor counted as it is made,
-    the per-node counts built once, so their cost is charged here as a 1/``batches_per_report`` share."""
-    return count_float(graph, counter, [x] * batches_per_report)[0]
+def _checkpoint_case(path: str, samples: int) -> tuple[str, torch.nn.Module, list[torch.Tensor]]:
+    """A trained checkpoint and the first ``samples`` test images of the data set it records, in batches of 32 (as
+    ``sdt-energy`` reads them)."""
+    from deploy.energy.run import take_batches
+    from deploy.energy_cli import _recorded
+    from sdt.checkpoint import read_checkpoint
+    from sdt.data import create_dataset
+
+    model = sdt.load_checkpoint(path).eval()
+    cfg = model.model_config
+    name = _recorded(read_checkpoint(path)).get("dataset")
+    if not name:
+        raise SystemExit(f"{path} records no data set")
+    ds = create_dataset(str(name), None, "test", img_size=cfg["img_size_h"], T=cfg["T"])
+    return f"{name} checkpoint", model, list(take_batches(ds, samples, 32))
 
 
 def _best_median(fns: dict[str, Callable[[], object]], passes: int, budget_s: float) -> dict[str, float]:
@@ -100,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=200,
                    help="samples per report (sdt-energy in make demo: 200); the once-per-report work is shared by them")
     p.add_argument("--model", action="append", choices=list(MODELS), help="only these models (repeatable)")
+    p.add_argument("--checkpoint", help="time this trained checkpoint on its data set's test images instead (a data "
+                                        "set that needs no --data-dir, e.g. the make demo model)")
     p.add_argument("--malloc", choices=("pinned", "default"), default="pinned",
                    help="glibc allocator regime: pinned thresholds as the CLIs run (default; sdt/malloc.py) or "
                         "glibc's own, whose page faults vary from run to run")
@@ -113,33 +126,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':24s} {'batch':>5s} {'model':>9s} {'uncounted':>10s} {'counted':>9s} {'count only':>10s} "
           f"{'count/unc':>9s} {'ratio':>6s}")
     worst = 0.0
-    for name, (cfg, batch) in MODELS.items():
-        if args.model and name not in args.model:
-            continue
-        model = _model(cfg)
+    cases = [(name, _model(cfg), [torch.rand(batch, cfg["in_channels"], cfg["img_size_h"], cfg["img_size_w"])]
+              * max(1, -(-args.samples // batch))) for name, (cfg, batch) in MODELS.items()
+             if not args.checkpoint and (not args.model or name in args.model)]
+    if args.checkpoint:
+        cases.append(_checkpoint_case(args.checkpoint, args.samples))
+    for name, model, xs in cases:
         graph = build_graph(model)
         counter = EnergyCounter(graph)
-        x = torch.rand(batch, cfg["in_channels"], cfg["img_size_h"], cfg["img_size_w"])
-        k = max(1, -(-args.samples // batch))  # batches per report
+        x = xs[0]
 
         def uncounted() -> None:
-            for _ in range(k):
-                run_graph(graph, x)
+            for xb in xs:
+                run_graph(graph, xb)
 
         with torch.inference_mode():
             recorded = run_graph(graph, x, record=counter.required)[1]
             fns = {
                 "model": lambda: model(x),
                 "uncounted": uncounted,
-                "counted": lambda: _counted(graph, counter, x, k),
+                "counted": lambda: count_float(graph, counter, xs),
                 "count only": lambda: counter.count(recorded),
             }
             t = _best_median(fns, args.passes, args.budget / 2)
-            t["uncounted"] /= k
-            t["counted"] /= k
+            t["uncounted"] /= len(xs)
+            t["counted"] /= len(xs)
             ratio = _paired_ratio(fns["uncounted"], fns["counted"], args.budget / 2)
         worst = max(worst, ratio)
-        print(f"{name:24s} {batch:5d} {t['model'] * 1e3:7.1f}ms {t['uncounted'] * 1e3:8.1f}ms "
+        print(f"{name:24s} {len(x):5d} {t['model'] * 1e3:7.1f}ms {t['uncounted'] * 1e3:8.1f}ms "
               f"{t['counted'] * 1e3:7.1f}ms {t['count only'] * 1e3:8.1f}ms "
               f"{t['count only'] / t['uncounted']:9.3f} {ratio:6.3f}")
     print(f"worst counted / uncounted (median of pairs): {worst:.3f} (target <= 1.1)")
