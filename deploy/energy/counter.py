@@ -249,8 +249,8 @@ def _plan_source(name: str, c: int, hw: int, binary: bool, static: bool,
     # constant maps need only the spike count, from whichever reduction is there or is the faster one: torch's CPU
     # sum over channels (``pos``) is quick for small feature maps, its sum over positions (``chan``) for large ones
     faster = "pos" if hw < 64 else "chan"
-    if not use:
-        use.add(faster if ms else "tot")
+    if not use:  # a float32 total is exact below 2**24 spikes per sample and step; channel sums past that
+        use.add(faster if ms else ("tot" if c * hw < 2 ** 24 else "chan"))
     elif "const" in kinds and not use & {"pos", "chan"}:
         use.add(faster)
     features = tuple(f for f in ("pos", "chan", "border", "full", "tot") if f in use)
@@ -427,7 +427,7 @@ class EnergyCounter:
         """``[S, 1 + len(src.keys)]``: the spike count and every weighted sum ``src`` needs from ``x`` (``[S, C, HW]``,
         0/1), as one product of a few reductions with the stacked maps (few torch calls: on small models their
         dispatch, not the arithmetic, is the counter's cost). Reductions run in float32, exact because each is an
-        integer below 2**24 (at most C or HW ones); the product with the maps is float64."""
+        integer below 2**24 (at most C, HW, or for ``tot`` C*HW < 2**24 ones); the product with the maps is float64."""
         xf = x if x.dtype == torch.float32 else x.to(torch.float32)
         S = xf.shape[0]
         parts = []
