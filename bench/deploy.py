@@ -11,6 +11,8 @@ Rows (every ratio is against a baseline measured in the same run, interleaved, m
    (1 block, 32 dims, 16x16, T=4). Targets <= 15 s compile, <= 2 s per sample.
 3. N consecutive Lava samples (single and pipelined calls alternating): child processes, /dev/shm entries and open
    fds before / after (must not grow), and which Lava processes had to be killed (none should).
+Like ``sdt-deploy``, the bench pins glibc's allocator thresholds (``--malloc default`` to leave glibc's own regime,
+under which both sides of row 1 lose 7-15 % to page faults).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from deploy.executor import Executor  # noqa: E402
 from deploy.intnet import IntNet  # noqa: E402
 from deploy.quantize import QuantConfig, encode_input, quantize  # noqa: E402
 from export.from_model import build_graph  # noqa: E402
+from sdt.malloc import malloc_regime  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------- timing
@@ -155,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weight-terms", type=int, default=2, help="8-bit synapses per connection (quantiser)")
     ap.add_argument("--skip-lava", action="store_true")
     ap.add_argument("--lava-samples", type=int, default=100)
+    ap.add_argument("--malloc", choices=("pinned", "default"), default="pinned",
+                    help="glibc allocator regime: pinned thresholds as sdt-deploy runs (default; sdt/malloc.py) or "
+                         "glibc's own")
     args = ap.parse_args(argv)
+    print(f"malloc {malloc_regime(args.malloc)}")
     bench_executor(args.batch, args.reps, args.budget, args.weight_terms)
     if args.skip_lava:
         print("\n[2], [3] skipped (--skip-lava)")

@@ -31,7 +31,7 @@ from deploy.energy import EnergyCounter  # noqa: E402
 from deploy.energy.run import count_float  # noqa: E402
 from export.from_model import build_graph  # noqa: E402
 from export.run_graph import run_graph  # noqa: E402
-from sdt.malloc import pin_malloc  # noqa: E402
+from sdt.malloc import malloc_regime  # noqa: E402
 
 MODELS = {
     # the digits preset (train.py): 1 block x 64 dims at 16x16, batch 32
@@ -117,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="glibc allocator regime: pinned thresholds as the CLIs run (default; sdt/malloc.py) or "
                         "glibc's own, whose page faults vary from run to run")
     args = p.parse_args(argv)
-    pinned = args.malloc == "pinned" and pin_malloc()
+    regime = malloc_regime(args.malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU, "
-          f"malloc {'pinned' if pinned else 'default'}")
+          f"malloc {regime}")
     print(f"times per batch; a report of {args.samples} samples")
     print(f"{'model':24s} {'batch':>5s} {'model':>9s} {'uncounted':>10s} {'counted':>9s} {'count only':>10s} "
           f"{'count/unc':>9s} {'ratio':>6s}")

@@ -41,4 +41,10 @@ def pin_malloc() -> bool:
     return _pinned
 
 
-__all__ = ["pin_malloc", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+def malloc_regime(choice: str) -> str:
+    """The benchmarks' ``--malloc pinned|default``: pin the thresholds as the CLIs run, or leave glibc's own regime.
+    Returns the regime in force (``default`` where pinning is not possible)."""
+    return "pinned" if choice == "pinned" and pin_malloc() else "default"
+
+
+__all__ = ["pin_malloc", "malloc_regime", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]

@@ -55,3 +55,10 @@ def test_cpu_heavy_clis_pin_malloc(module, monkeypatch, capsys):
     assert mod.main(["--no-such-flag"]) == 2
     assert calls == [1]
     assert "error:" in capsys.readouterr().err
+
+
+def test_malloc_regime_names_what_is_in_force():
+    from sdt.malloc import malloc_regime, pin_malloc
+
+    assert malloc_regime("default") == "default"
+    assert malloc_regime("pinned") == ("pinned" if pin_malloc() else "default")
