@@ -2,6 +2,8 @@
 
     python bench/energy.py                       # digits-size and CIFAR-size SDTs, CPU
     python bench/energy.py --threads 1 --budget 40 [--model 'digits 1-64 16x16'] [--malloc default]
+    python bench/energy.py --threads 1 --budget 40 --checkpoint runs/demo/train-digits-*/model_best.pth.tar
+    python bench/energy.py --threads 1 --budget 30 --integer      # sdt-energy --integer: the reference executor
 
 Rows per model, times per batch over a report of ``--samples`` (200) samples: ``uncounted`` = the float graph executor
 alone (``run_graph``, nothing recorded); ``counted`` = the same run with each of the counter's tensors counted as it is
@@ -28,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import sdt  # noqa: E402
 from deploy.energy import EnergyCounter  # noqa: E402
-from deploy.energy.run import count_float  # noqa: E402
+from deploy.energy.run import count_float, count_integer, integer_population_map  # noqa: E402
+from deploy.executor import Executor  # noqa: E402
+from deploy.quantize import encode_input, quantize_model  # noqa: E402
 from export.from_model import build_graph  # noqa: E402
 from export.run_graph import run_graph  # noqa: E402
 from sdt.malloc import malloc_regime  # noqa: E402
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", choices=list(MODELS), help="only these models (repeatable)")
     p.add_argument("--checkpoint", help="time this trained checkpoint on its data set's test images instead (a data "
                                         "set that needs no --data-dir, e.g. the make demo model)")
+    p.add_argument("--integer", action="store_true",
+                   help="time sdt-energy --integer: the quantised network on the reference executor, uncounted vs "
+                        "counted (the 'model' column stays the float PyTorch forward)")
     p.add_argument("--malloc", choices=("pinned", "default"), default="pinned",
                    help="glibc allocator regime: pinned thresholds as the CLIs run (default; sdt/malloc.py) or "
                         "glibc's own, whose page faults vary from run to run")
@@ -122,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU, "
           f"malloc {regime}")
-    print(f"times per batch; a report of {args.samples} samples")
+    print(f"times per batch; a report of {args.samples} samples; "
+          f"{'integer network, reference executor' if args.integer else 'float graph executor'}")
     print(f"{'model':24s} {'batch':>5s} {'model':>9s} {'uncounted':>10s} {'counted':>9s} {'count only':>10s} "
           f"{'count/unc':>9s} {'ratio':>6s}")
     worst = 0.0
@@ -132,22 +140,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         cases.append(_checkpoint_case(args.checkpoint, args.samples))
     for name, model, xs in cases:
-        graph = build_graph(model)
-        counter = EnergyCounter(graph)
         x = xs[0]
+        if args.integer:  # sdt-energy --integer: the quantised network on the reference executor
+            net, _, graph = quantize_model(model)
+            counter = EnergyCounter(graph)
+            ex = Executor(net)
+            mapping = integer_population_map(net, graph, counter.required)
+            record = sorted(set(mapping.values()))
 
-        def uncounted() -> None:
-            for xb in xs:
-                run_graph(graph, xb)
+            def uncounted() -> None:
+                for xb in xs:
+                    ex.run(encode_input(net, xb))
+
+            def counted() -> object:
+                return count_integer(net, graph, counter, xs)
+
+            def count_only(out=ex.run(encode_input(net, x), record=record).outputs) -> object:
+                return counter.count({n: out[p] for n, p in mapping.items()})
+        else:
+            graph = build_graph(model)
+            counter = EnergyCounter(graph)
+            recorded = run_graph(graph, x, record=counter.required)[1]
+
+            def uncounted() -> None:
+                for xb in xs:
+                    run_graph(graph, xb)
+
+            def counted() -> object:
+                return count_float(graph, counter, xs)
+
+            def count_only() -> object:
+                return counter.count(recorded)
 
         with torch.inference_mode():
-            recorded = run_graph(graph, x, record=counter.required)[1]
-            fns = {
-                "model": lambda: model(x),
-                "uncounted": uncounted,
-                "counted": lambda: count_float(graph, counter, xs),
-                "count only": lambda: counter.count(recorded),
-            }
+            fns = {"model": lambda: model(x), "uncounted": uncounted, "counted": counted, "count only": count_only}
             t = _best_median(fns, args.passes, args.budget / 2)
             t["uncounted"] /= len(xs)
             t["counted"] /= len(xs)

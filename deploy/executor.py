@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sps
@@ -857,10 +857,14 @@ class Executor:
 
     # ------------------------------------------------------------------------------------------------------ run
 
-    def run(self, x_int: np.ndarray | torch.Tensor, record: Record = None) -> ExecResult:
+    def run(self, x_int: np.ndarray | torch.Tensor, record: Record = None,
+            on_record: Callable[[str, np.ndarray, bool], None] | None = None) -> ExecResult:
         """Execute a batch. ``x_int``: integer input ``[B, *shape]`` (static, repeated T times) or ``[B, T, *shape]``.
 
-        ``record``: population names whose per-step outputs to return, ``'all'``, or None.
+        ``record``: population names whose per-step outputs to return, ``'all'``, or None. With ``on_record``, each
+        recorded output is passed to it as it is computed instead, in the executor's own layout and without a copy:
+        ``on_record(name, a, channels_last)`` with ``a`` ``[T, B, n]`` (int8 spikes or int64 values; do not modify) whose
+        last axis is the population's flat shape, channels fastest (HWC) where ``channels_last``, else in its order.
         """
         names = [i.pop.name for i in self.plan]
         rec = set(names) if record == "all" else set(record or ())
@@ -868,9 +872,10 @@ class Executor:
         if unknown:
             raise KeyError(f"unknown population(s) to record: {sorted(unknown)}")
         with torch.inference_mode():
-            return self._run(x_int, rec, self.net.T)
+            return self._run(x_int, rec, self.net.T, on_record)
 
-    def _run(self, x_int: np.ndarray | torch.Tensor, rec: set[str], T: int) -> ExecResult:
+    def _run(self, x_int: np.ndarray | torch.Tensor, rec: set[str], T: int,
+             on_record: Callable[[str, np.ndarray, bool], None] | None = None) -> ExecResult:
         outs: dict[str, np.ndarray] = {}  # name -> [T or 1, B, n] internal order; int8 spikes or int64 values
         out_max: dict[str, int] = {}
         final_v: dict[str, np.ndarray] = {}
@@ -908,7 +913,10 @@ class Executor:
             outs[p.name] = out
             if not item.binary:  # non-zero messages per sample; a static population repeats its frame T times
                 counts[p.name] = (np.count_nonzero(out, axis=2).sum(0) * (T // out.shape[0])).astype(np.int64)
-            if p.name in rec:
+            if p.name in rec and on_record is not None:
+                on_record(p.name, out if out.shape[0] == T else np.broadcast_to(out, (T, *out.shape[1:])),
+                          item.perm is not None)
+            elif p.name in rec:
                 full = np.broadcast_to(out, (T, *out.shape[1:]))
                 full = _to_chw(full, item.perm)
                 outputs[p.name] = (full.astype(bool) if item.binary else full.astype(np.int64)).reshape(T, B, *p.shape)

@@ -597,9 +597,39 @@ def test_stacked_maps_equal_brute_force(forms):
     np.testing.assert_array_equal(out[:, 0], x.sum((1, 2)).numpy())
     for j, (_, _, m) in enumerate(maps, start=1):
         np.testing.assert_array_equal(out[:, j], (x.double().numpy() * m).sum((1, 2)))
+    # the integer executor's layout (channels fastest) and dtype give the same sums
+    x_hwc = x.transpose(1, 2).contiguous().to(torch.int8)
+    np.testing.assert_array_equal(EnergyCounter._reduce(src, x_hwc, channels_last=True), out)
 
 
 def _with_border(rng: np.random.Generator, c: int, hw: int, border: list[int]) -> np.ndarray:
     m = np.tile(rng.integers(1, 9, (c, 1)), (1, hw)).astype(float)
     m[:, border] += rng.integers(1, 4, (c, len(border)))
     return m
+
+
+def test_integer_counts_streamed_in_executor_layout_equal_counting_its_outputs():
+    """--integer counts each population as the executor makes it, in its channels-last layout (no transposed copy):
+    the same counts as counting the outputs it records in node layout."""
+    from deploy.energy.run import count_integer, integer_population_map
+    from deploy.executor import Executor
+    from deploy.quantize import encode_input, quantize_model
+
+    net, _, graph = quantize_model(tiny_model(3))
+    counter = EnergyCounter(graph)
+    xs = [torch.rand(b, 3, 16, 16, generator=torch.Generator().manual_seed(b)) for b in (3, 2)]
+    streamed, info = count_integer(net, graph, counter, xs)
+    mapping = integer_population_map(net, graph, counter.required)
+    parts = []
+    with Executor(net) as ex:
+        for x in xs:
+            out = ex.run(encode_input(net, x), record=sorted(set(mapping.values()))).outputs
+            parts.append(counter.count({n: out[p] for n, p in mapping.items()}))
+    from deploy.energy import Counts
+
+    recorded = Counts.concat(parts)
+    assert streamed.samples == 5 and info["overflow_events"] == 0
+    for name, nc in recorded.nodes.items():
+        for q, v in nc.q.items():
+            np.testing.assert_array_equal(streamed.nodes[name].q[q], v, err_msg=f"{name}.{q}")
+    assert recorded.total("ac") > 0

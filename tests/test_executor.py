@@ -377,6 +377,25 @@ def test_record_shapes_and_dtypes():
         run_intnet(net, mini_sdt_inputs(B=1), record={"nope"})
 
 
+def test_on_record_hands_out_the_recorded_outputs_in_the_executor_layout():
+    """``on_record`` passes each recorded population as computed, ``[T, B, n]`` in the executor's own order (channels
+    fastest where ``channels_last``): the same values ``record`` returns, after the layout change."""
+    net = mini_sdt_net()
+    x = mini_sdt_inputs(B=3)
+    names = {p.name for p in net.populations}
+    ref = run_intnet(net, x, record="all").outputs
+    seen: dict[str, tuple[np.ndarray, bool]] = {}
+    res = Executor(net).run(x, record="all", on_record=lambda n, a, cl: seen.setdefault(n, (a.copy(), cl)))
+    assert res.outputs == {} and set(seen) == names
+    assert any(cl for _, cl in seen.values())  # the conv populations run channels-last
+    for name, (a, channels_last) in seen.items():
+        shape = net.population(name).shape
+        assert a.shape == (4, 3, int(np.prod(shape)))
+        if channels_last:
+            a = a.reshape(4, 3, *shape[1:], shape[0]).transpose(0, 1, 4, 2, 3)
+        np.testing.assert_array_equal(a.reshape(ref[name].shape).astype(ref[name].dtype), ref[name], err_msg=name)
+
+
 def test_maxpool_pads_with_minus_infinity():
     """A relay over all-negative currents must not see the zero padding (PyTorch max-pool semantics)."""
     pops = (_pop("inp", "input", (1, 3, 3)),

@@ -384,27 +384,32 @@ class EnergyCounter:
         once, for all batches, by ``tally.counts()``."""
         return Tally(self)
 
-    def _add(self, tally: "Tally", name: str, x: Any) -> None:
+    def _add(self, tally: "Tally", name: str, x: Any, channels_last: bool = False) -> None:
         src = self._by_name.get(name)
         if src is None:
             return  # not needed for counting
-        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        x = x if isinstance(x, torch.Tensor) else np.asarray(x)
         T, shape = self.graph.T, src.shape
-        if x.dim() != 2 + len(shape) or x.shape[0] != T or tuple(x.shape[2:]) != shape:
+        want = (src.c * src.hw,) if channels_last else shape
+        if len(x.shape) != 2 + len(want) or x.shape[0] != T or tuple(x.shape[2:]) != want:
             raise UserError(f"energy counter: tensor {src.name!r} has shape {tuple(x.shape)}, expected "
-                            f"[{T}, B, {', '.join(map(str, shape))}]")
+                            f"[{T}, B, {', '.join(map(str, want))}]")
         if tally.B is None:
             tally.B = int(x.shape[1])
         elif x.shape[1] != tally.B:
             raise UserError(f"energy counter: tensor {src.name!r} has batch {x.shape[1]}, others {tally.B}")
         if src.static:
             x = x[:1]
-        x = (x.detach() if x.requires_grad else x).reshape(x.shape[0] * tally.B, src.c, src.hw)
+        if isinstance(x, np.ndarray):  # torch shares writable memory only (the executor hands out read-only views)
+            x = torch.from_numpy(x if x.flags.writeable else x.copy())
+        x = x.detach() if x.requires_grad else x
+        x = x.reshape(x.shape[0] * tally.B, src.hw, src.c) if channels_last else \
+            x.reshape(x.shape[0] * tally.B, src.c, src.hw)
         if not src.binary:
             if src.is_input:
                 tally.input_binary = bool(((x == 0) | (x == 1)).all())
             x = x != 0
-        tally.sums[src.name] = self._reduce(src, x).reshape(-1, tally.B, 1 + len(src.keys))
+        tally.sums[src.name] = self._reduce(src, x, channels_last).reshape(-1, tally.B, 1 + len(src.keys))
 
     def _finish(self, batches: Sequence[tuple[dict[str, np.ndarray], int, bool]]) -> Counts:
         """Per-node counts of batches ``(sums, B, input_binary)``, joined along the sample axis."""
@@ -423,23 +428,26 @@ class EnergyCounter:
                       {"input_binary": input_binary, "static_input_once": self.static_input_once})
 
     @staticmethod
-    def _reduce(src: _Source, x: torch.Tensor) -> np.ndarray:
+    def _reduce(src: _Source, x: torch.Tensor, channels_last: bool = False) -> np.ndarray:
         """``[S, 1 + len(src.keys)]``: the spike count and every weighted sum ``src`` needs from ``x`` (``[S, C, HW]``,
-        0/1), as one product of a few reductions with the stacked maps (few torch calls: on small models their
-        dispatch, not the arithmetic, is the counter's cost). Reductions run in float32, exact because each is an
-        integer below 2**24 (at most C, HW, or for ``tot`` C*HW < 2**24 ones); the product with the maps is float64."""
+        or ``[S, HW, C]`` if ``channels_last``; 0/1), as one product of a few reductions with the stacked maps (few
+        torch calls: on small models their dispatch, not the arithmetic, is the counter's cost). Reductions run in
+        float32, exact because each is an integer below 2**24 (at most C, HW, or for ``tot`` C*HW < 2**24 ones); the
+        product with the maps is float64."""
         xf = x if x.dtype == torch.float32 else x.to(torch.float32)
         S = xf.shape[0]
+        c_dim, p_dim = (2, 1) if channels_last else (1, 2)
         parts = []
         for f in src.features:
             if f == "pos":
-                parts.append(xf.sum(1) if src.c > 1 else xf[:, 0])
+                parts.append(xf.sum(c_dim) if src.c > 1 else xf.reshape(S, src.hw))
             elif f == "chan":
-                parts.append(xf.sum(2) if src.hw > 1 else xf[:, :, 0])
+                parts.append(xf.sum(p_dim) if src.hw > 1 else xf.reshape(S, src.c))
             elif f == "border":
-                parts.append(xf[:, :, src.idx].reshape(S, -1))
+                b = xf[:, src.idx, :].transpose(1, 2) if channels_last else xf[:, :, src.idx]
+                parts.append(b.reshape(S, -1))
             elif f == "full":
-                parts.append(xf.reshape(S, -1))
+                parts.append((xf.transpose(1, 2) if channels_last else xf).reshape(S, -1))
             else:
                 parts.append(xf.reshape(S, -1).sum(1, keepdim=True))
         feats = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
@@ -611,9 +619,11 @@ class Tally:
         self.count_s = 0.0
         self._done: list[tuple[dict[str, np.ndarray], int, bool]] = []
 
-    def add(self, name: str, x: Any) -> None:
+    def add(self, name: str, x: Any, channels_last: bool = False) -> None:
+        """Count node ``name``'s ``[T, B, *shape]`` tensor; ``channels_last``: ``[T, B, H*W*C]`` with channels fastest
+        (the integer executor's own layout, so that it needs no transposed copy)."""
         t0 = time.perf_counter()
-        self.counter._add(self, name, x)  # noqa: SLF001
+        self.counter._add(self, name, x, channels_last)  # noqa: SLF001
         self.count_s += time.perf_counter() - t0
 
     def end_batch(self) -> None:

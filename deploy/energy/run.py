@@ -97,23 +97,33 @@ def count_integer(net: Any, graph: Graph, counter: EnergyCounter, batches: Itera
     from deploy.quantize import encode_input
 
     mapping = integer_population_map(net, graph, counter.required)
-    parts = []
-    t_run = t_count = 0.0
-    overflow = 0
+    nodes_of: dict[str, list[str]] = {}
+    for node, pop in mapping.items():
+        nodes_of.setdefault(pop, []).append(node)
+    tally = counter.tally()
+
+    def on_record(pop: str, a: np.ndarray, channels_last: bool) -> None:  # counted as made, in the executor's layout
+        if not channels_last:
+            a = a.reshape(*a.shape[:2], *net.population(pop).shape)
+        for node in nodes_of[pop]:
+            tally.add(node, a, channels_last)
+    t_run = 0.0
+    n = overflow = 0
     with Executor(net) as ex:
         for x in tqdm(batches, total=total, desc="energy (integer)", disable=not progress, leave=False,
                       dynamic_ncols=True, unit="batch"):
             t0 = time.perf_counter()
-            res = ex.run(encode_input(net, x), record=sorted(set(mapping.values())))
-            t1 = time.perf_counter()
+            res = ex.run(encode_input(net, x), record=sorted(nodes_of), on_record=on_record)
+            tally.end_batch()
+            t_run += time.perf_counter() - t0
             overflow += int(res.overflow.u_wraps + res.overflow.v_clips)
-            tensors = {n: np.asarray(res.outputs[p]) for n, p in mapping.items()}
-            parts.append(counter.count(tensors))
-            t_count += time.perf_counter() - t1
-            t_run += t1 - t0
-    if not parts:
+            n += 1
+    if not n:
         raise UserError("no input samples to count; check --samples and the data set")
-    return Counts.concat(parts), {"run_s": t_run, "count_s": t_count, "overflow_events": overflow}
+    t0 = time.perf_counter()
+    counts = tally.counts()
+    return counts, {"run_s": t_run - tally.count_s, "count_s": tally.count_s + time.perf_counter() - t0,
+                    "overflow_events": overflow}
 
 
 __all__ = ["take_batches", "count_float", "count_integer", "integer_population_map", "integer_weight_masks"]
