@@ -3,7 +3,7 @@
 glibc returns a freed heap top to the kernel once it exceeds a trim threshold that grows and shrinks with the
 program's history, and serves mid-size blocks by ``mmap`` below an equally moving threshold. A batched executor
 frees and re-allocates the same multi-megabyte tensors every batch, so by default each batch page-faults its
-tensors back in: on our 2-core VM that is ~15 % of a digits-model graph run (``perf stat``: 0.9-2.5 M page faults
+tensors back in: on our 2-core VM that is 15-33 % of a digits-model graph run (``perf stat``: 0.9-2.5 M page faults
 per 280 batches against 0.09 M pinned), and how much depends on what else allocated in between, which made the
 counted/uncounted energy benchmark swing by more than the counter costs. Pinning both thresholds keeps freed
 memory in the process (RSS stays at its peak, which short-lived CLIs do not mind). PyTorch's CPU tuning guide gives

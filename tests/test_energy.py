@@ -590,7 +590,7 @@ def test_stacked_maps_equal_brute_force(forms):
     }
     maps = [("n%d" % i, "q", make[f]()) for i, f in enumerate(forms)]
     assert [_map_form(m)[0] for _, _, m in maps] == [f.rstrip("2") for f in forms]
-    src = _plan_source("s", c, hw, True, False, maps)
+    src = _plan_source("s", (c, hw), True, maps)
     x = torch.from_numpy(rng.random((6, c, hw)) < 0.4).float()
     out = EnergyCounter._reduce(src, x)
     assert out.shape == (6, 1 + len(maps))

@@ -225,21 +225,29 @@ class _Source:
     the spike count, column ``j+1`` the sum for ``keys[j]`` = ``(consumer, quantity)``."""
 
     name: str
-    c: int  # channels (the first dimension of the node shape; the features of a 1-D tensor)
-    hw: int  # positions per channel
+    shape: tuple[int, ...]  # the node's shape (per sample and step)
     binary: bool  # by op semantics (lif, and, pools of spikes); graded sources are binarised (non-zero -> 1)
     keys: list[tuple[str, str]]
     features: tuple[str, ...]
     weights: torch.Tensor  # float64 [F, 1 + len(keys)]
     idx: torch.Tensor | None = None
     static: bool = False  # the repeated static input: identical at every step, counted at step 0 only
-    shape: tuple[int, ...] = ()  # the node's shape (per sample and step)
     is_input: bool = False
+    c: int = field(init=False)  # channels: the first dimension of the shape (the features of a 1-D tensor)
+    hw: int = field(init=False)  # positions per channel
+
+    def __post_init__(self) -> None:  # derived once: the counting hot path reads them for every tensor
+        self.c, self.hw = _channels_positions(self.shape)
 
 
-def _plan_source(name: str, c: int, hw: int, binary: bool, static: bool,
-                 maps: Sequence[tuple[str, str, np.ndarray]]) -> _Source:
+def _channels_positions(shape: Sequence[int]) -> tuple[int, int]:
+    return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+
+
+def _plan_source(name: str, shape: tuple[int, ...], binary: bool, maps: Sequence[tuple[str, str, np.ndarray]],
+                 static: bool = False, is_input: bool = False) -> _Source:
     """Choose the fewest reductions that give every map exactly, and stack the maps into one weight matrix."""
+    c, hw = _channels_positions(shape)
     ms = [(cons, q, np.asarray(m, dtype=np.float64).reshape(c, hw)) for cons, q, m in maps]
     forms = [_map_form(m) for _, _, m in ms]
     kinds = {f for f, _, _ in forms}
@@ -277,8 +285,8 @@ def _plan_source(name: str, c: int, hw: int, binary: bool, static: bool,
             else:
                 W[offset["border"]:offset["border"] + size["border"], j] = (m[:, border] - ref[:, None]).reshape(-1)
             W[offset["chan"]:offset["chan"] + c, j] = ref
-    return _Source(name, c, hw, binary, [(cons, q) for cons, q, _ in ms], features, torch.from_numpy(W),
-                   None if border is None else torch.from_numpy(border), static)
+    return _Source(name, tuple(shape), binary, [(cons, q) for cons, q, _ in ms], features, torch.from_numpy(W),
+                   None if border is None else torch.from_numpy(border), static, is_input)
 
 
 def binary_nodes(graph: Graph) -> set[str]:
@@ -359,11 +367,9 @@ class EnergyCounter:
         sources = []
         for name, ms in maps.items():
             node = g.node(name)
-            c = int(node.shape[0])
-            src = _plan_source(name, c, int(np.prod(node.shape)) // c, name in self.binary,
-                               node.op == "input" and self.static_input_once, ms)
-            src.shape, src.is_input = tuple(node.shape), node.op == "input"
-            sources.append(src)
+            is_input = node.op == "input"
+            sources.append(_plan_source(name, node.shape, name in self.binary, ms,
+                                        static=is_input and self.static_input_once, is_input=is_input))
         order = {n.name: i for i, n in enumerate(g)}
         return sorted(sources, key=lambda s: order[s.name])
 
