@@ -30,16 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from sdt.errors import UserError
 
-OPS = frozenset({"input", "conv2d", "linear", "lif", "and", "sum_tokens", "broadcast", "maxpool_binary", "maxpool",
-                 "avgpool", "erode", "add", "mean_tokens", "output"})
 ENCODINGS = ("repeat", "frames")
-N_INPUTS = {"input": 0, "and": 2, "add": 2}  # every other op takes exactly one input
 
 Shape = tuple[int, ...]
 
@@ -75,46 +72,141 @@ class Node:
         return f"Node({self.name!r}, {self.op}, inputs={self.inputs}, shape={self.shape})"
 
 
-def _pool_out(size: int, k: int, s: int, p: int) -> int:
-    return (size + 2 * p - k) // s + 1
+Pair = tuple[int, int]
+
+
+# ------------------------------------------------------------------------------------------- shape helpers
+
+def pair(v: int | Sequence[int]) -> Pair:
+    """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``: the one reading of a 2-D size attribute."""
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    a, b = v
+    return int(a), int(b)
+
+
+def window_out(size: int, k: int, s: int = 1, p: int = 0, d: int = 1) -> int:
+    """Output length of a conv/pool window along one axis (PyTorch's floor rule, zero padding)."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def conv_out_hw(hw: Sequence[int], kernel: int | Sequence[int], stride: int | Sequence[int] = 1,
+                padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1) -> Pair:
+    """``(H, W)`` after a conv or pool window: the only copy of this arithmetic in the tree."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = pair(kernel), pair(stride), pair(padding), pair(dilation)
+    return window_out(int(hw[0]), kh, sh, ph, dh), window_out(int(hw[1]), kw, sw, pw, dw)
+
+
+def pool_window(attrs: Mapping[str, Any]) -> tuple[Pair, Pair, Pair]:
+    """``(kernel, stride, padding)`` of a pooling node's attributes (stride defaults to the kernel)."""
+    k = pair(attrs["kernel_size"])
+    return k, pair(attrs.get("stride") or k), pair(attrs.get("padding", 0))
+
+
+def conv_window(attrs: Mapping[str, Any]) -> tuple[Pair, Pair, Pair, int]:
+    """``(stride, padding, dilation, groups)`` of a conv node's attributes."""
+    return (pair(attrs.get("stride", 1)), pair(attrs.get("padding", 0)), pair(attrs.get("dilation", 1)),
+            int(attrs.get("groups", 1)))
+
+
+# ------------------------------------------------------------------------------------------------ op table
+
+def _same(node: Node, x: list[Shape]) -> Shape:
+    if any(s != x[0] for s in x):
+        raise ValueError(f"inputs of different shapes {x}")
+    return x[0]
+
+
+def _conv_shape(node: Node, x: list[Shape]) -> Shape:
+    w = node.params["weight"]
+    stride, padding, dilation, groups = conv_window(node.attrs)
+    if len(x[0]) != 3 or x[0][0] != w.shape[1] * groups:
+        raise ValueError(f"input {x[0]} does not fit weight {w.shape}")
+    return (w.shape[0], *conv_out_hw(x[0][1:], w.shape[2:], stride, padding, dilation))
+
+
+def _linear_shape(node: Node, x: list[Shape]) -> Shape:
+    w = node.params["weight"]
+    if x[0] != (w.shape[1],):
+        raise ValueError(f"input {x[0]} does not fit weight {w.shape}")
+    return (w.shape[0],)
+
+
+def _pool_shape(node: Node, x: list[Shape]) -> Shape:
+    k, s, p = pool_window(node.attrs)
+    return (x[0][0], *conv_out_hw(x[0][1:], k, s, p))
+
+
+def _broadcast_shape(node: Node, x: list[Shape]) -> Shape:
+    if x[0][1:] != (1, 1):
+        raise ValueError(f"broadcast needs a (C,1,1) input, got {x[0]}")
+    return (x[0][0], *node.attrs["grid"])
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What one graph op is: its input count, whether its output is binary spikes or a graded (real) tensor, the
+    attributes and parameters it carries, and its shape rule ``shape(node, input_shapes) -> output shape``."""
+
+    name: str
+    inputs: int
+    output: str  # "binary" | "graded"
+    shape: Callable[[Node, list[Shape]], Shape]
+    attrs: tuple[str, ...] = ()  # required attributes
+    optional: tuple[str, ...] = ()  # attributes with defaults
+    params: tuple[str, ...] = ()  # required parameter arrays
+    optional_params: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def binary(self) -> bool:
+        return self.output == "binary"
+
+
+_POOL = ("kernel_size", "stride", "padding")
+OP_TABLE: Mapping[str, OpSpec] = MappingProxyType({s.name: s for s in (
+    OpSpec("input", 0, "graded", lambda n, x: n.shape, doc="the encoded model input"),
+    OpSpec("conv2d", 1, "graded", _conv_shape, ("stride", "padding"), ("dilation", "groups", "bn"), ("weight",),
+           ("bias", "bn_scale", "bn_shift"), "conv2d + optional eval BatchNorm affine"),
+    OpSpec("linear", 1, "graded", _linear_shape, (), (), ("weight",), ("bias",), "x @ weight.T + bias"),
+    OpSpec("lif", 1, "binary", lambda n, x: x[0], ("v_threshold", "decay"), ("v_reset", "parametric"),
+           doc="multi-step LIF, hard reset"),
+    OpSpec("and", 2, "binary", _same, doc="binary AND of two spike tensors"),
+    OpSpec("sum_tokens", 1, "graded", lambda n, x: (x[0][0], 1, 1), doc="sum over the token grid"),
+    OpSpec("broadcast", 1, "graded", _broadcast_shape, ("grid",), doc="copy over the token grid"),
+    OpSpec("maxpool_binary", 1, "binary", _pool_shape, _POOL, doc="max-pool (OR) of spikes"),
+    OpSpec("maxpool", 1, "graded", _pool_shape, _POOL, doc="max-pool of a real tensor (NIR extension)"),
+    OpSpec("avgpool", 1, "graded", _pool_shape, _POOL, doc="average pool, zero padding counted"),
+    OpSpec("erode", 1, "binary", _same, ("mode",), ("num_heads",), doc="DVS max filter of spikes"),
+    OpSpec("add", 2, "graded", _same, doc="sum of two real tensors"),
+    OpSpec("mean_tokens", 1, "graded", lambda n, x: (x[0][0],), doc="mean over the token grid"),
+    OpSpec("output", 1, "graded", lambda n, x: x[0], ("reduce",), doc="logits: mean over T or every step"),
+)})
+OPS = frozenset(OP_TABLE)
+BINARY_OPS = frozenset(n for n, s in OP_TABLE.items() if s.binary)  # ops whose output is 0/1 spikes
+
+
+def op_spec(op: str) -> OpSpec:
+    try:
+        return OP_TABLE[op]
+    except KeyError:
+        raise ValueError(f"unknown op {op!r}") from None
+
+
+def check_handlers(backend: str, handlers: Mapping[str, Any] | Iterable[str],
+                   unsupported: Mapping[str, str] | None = None) -> None:
+    """Raise ``ValueError`` unless ``handlers`` (op -> handler) and ``unsupported`` (op -> reason) together cover
+    exactly the ops of :data:`OP_TABLE`: a backend that misses an op fails here, not on the first model using it."""
+    have = set(handlers) | set(unsupported or {})
+    missing, unknown = sorted(OPS - have), sorted(have - OPS)
+    if missing or unknown:
+        raise ValueError(f"{backend}: no handler for op(s) {missing}; handlers for unknown op(s) {unknown}")
 
 
 def infer_shape(node: Node, in_shapes: list[Shape]) -> Shape:
-    """The output shape ``node`` must have given its input shapes; raises ValueError on inconsistent nodes."""
-    op, a = node.op, node.attrs
-    if op == "input":
-        return node.shape
-    x = in_shapes[0]
-    if op in ("lif", "add", "and", "erode"):
-        if any(s != x for s in in_shapes):
-            raise ValueError(f"inputs of different shapes {in_shapes}")
-        return x
-    if op == "conv2d":
-        w = node.params["weight"]
-        (kh, kw), (sh, sw), (ph, pw) = w.shape[2:], a["stride"], a["padding"]
-        dh, dw = a.get("dilation", (1, 1))
-        if len(x) != 3 or x[0] != w.shape[1] * a.get("groups", 1):
-            raise ValueError(f"input {x} does not fit weight {w.shape}")
-        return (w.shape[0], _pool_out(x[1], dh * (kh - 1) + 1, sh, ph), _pool_out(x[2], dw * (kw - 1) + 1, sw, pw))
-    if op == "linear":
-        w = node.params["weight"]
-        if x != (w.shape[1],):
-            raise ValueError(f"input {x} does not fit weight {w.shape}")
-        return (w.shape[0],)
-    if op in ("maxpool_binary", "maxpool", "avgpool"):
-        (kh, kw), (sh, sw), (ph, pw) = a["kernel_size"], a["stride"], a["padding"]
-        return (x[0], _pool_out(x[1], kh, sh, ph), _pool_out(x[2], kw, sw, pw))
-    if op == "sum_tokens":
-        return (x[0], 1, 1)
-    if op == "broadcast":
-        if x[1:] != (1, 1):
-            raise ValueError(f"broadcast needs a (C,1,1) input, got {x}")
-        return (x[0], *a["grid"])
-    if op == "mean_tokens":
-        return (x[0],)
-    if op == "output":
-        return x
-    raise ValueError(f"unknown op {op!r}")
+    """The output shape ``node`` must have given its input shapes (the op table's rule); raises ValueError on
+    inconsistent nodes."""
+    return op_spec(node.op).shape(node, in_shapes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +232,7 @@ class Graph:
                 raise ValueError(f"node {n.name!r}: unknown op {n.op!r}")
             if n.name in index:
                 raise ValueError(f"duplicate node name {n.name!r}")
-            want = N_INPUTS.get(n.op, 1)
+            want = OP_TABLE[n.op].inputs
             if len(n.inputs) != want:
                 raise ValueError(f"node {n.name!r} ({n.op}) takes {want} input(s), got {len(n.inputs)}")
             for i in n.inputs:
@@ -220,4 +312,5 @@ def fold_bn(node: Node) -> tuple[np.ndarray, np.ndarray]:
     return w.astype(np.float32), b.astype(np.float32)
 
 
-__all__ = ["OPS", "ENCODINGS", "Node", "Graph", "infer_shape", "fold_bn"]
+__all__ = ["OPS", "OP_TABLE", "OpSpec", "BINARY_OPS", "ENCODINGS", "Node", "Graph", "infer_shape", "fold_bn", "op_spec",
+           "check_handlers", "pair", "window_out", "conv_out_hw", "pool_window", "conv_window"]
