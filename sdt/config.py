@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .model import VARIANTS
+
 __all__ = [
     "ConfigError",
     "OFFICIAL_FILES",
@@ -170,8 +172,9 @@ _ARGS: dict[str, tuple[str, Any]] = {
     "log_wandb": (_FLAG, False),
 }
 
-# Read from the YAML by train.py although no option declares it.
-_READ_WITHOUT_OPTION = frozenset({"dim"})
+# Read from the YAML by train.py although no option declares it; ``variant`` is ours (the NIR-clean SPS, see
+# sdt/model.py VARIANTS), so an official YAML never has it and the official default 'official' applies.
+_READ_WITHOUT_OPTION = frozenset({"dim", "variant"})
 
 # Options train.py parses but whose value changes nothing: the model never calls its DropPath modules, ignores
 # drop_rate / drop_block_rate / patch_size, and train.py never passes gp, bn_* or drop_connect anywhere.
@@ -372,6 +375,12 @@ def model_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
         # argparse's type=bool would turn any non-empty string, 'False' included, into True.
         raise ConfigError(f"config key 'TET': expected true or false, got {tet!r}")
 
+    variant = values.get("variant", "official")
+    if variant is None:
+        variant = "official"
+    if variant not in VARIANTS:
+        raise ConfigError(f"config key 'variant': expected one of {', '.join(VARIANTS)}, got {variant!r}")
+
     dataset = get("dataset")
     if not isinstance(dataset, str):
         raise ConfigError(f"config key 'dataset': expected a string, got {dataset!r}")
@@ -390,4 +399,5 @@ def model_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "spike_mode": spike_mode,
         "dvs_mode": dataset in DVS_MODE_DATASETS,
         "TET": tet,
+        "variant": variant,
     }

@@ -89,3 +89,18 @@ def test_bad_input_is_one_line_error(argv, fragment, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and fragment in err
+
+
+def test_variant_flag_and_config_key(tmp_path):
+    from sdt.config import model_kwargs
+
+    args, _ = parse_args(["--variant", "nir_clean"])
+    assert model_kwargs({**vars(args), "dataset": args.dataset})["variant"] == "nir_clean"
+    args, _ = parse_args([])
+    assert model_kwargs({**vars(args), "dataset": args.dataset})["variant"] == "official"  # the official default
+    path = tmp_path / "c.yml"
+    path.write_text("dim: 16\nnum_heads: 2\nimg_size: 8\nvariant: nir_clean\n")
+    args, warnings = parse_args(["-c", str(path)])
+    assert args.variant == "nir_clean" and not any("variant" in w for w in warnings)
+    with pytest.raises(UserError, match="variant"):
+        parse_args(["--variant", "pretty"])

@@ -165,3 +165,13 @@ def test_packaged_idx_datasets_if_installed(name, n_train, n_test):
     x, _ = train[0]
     assert x.shape == (1, 28, 28)
     assert len(set(test.targets)) == 10
+
+
+def test_nir_clean_variant_trains_and_is_recorded(tmp_path, restore_torch_globals):
+    out = tmp_path / "run"
+    assert runner.main([*TINY, "--epochs", "1", "--variant", "nir_clean", "--output", str(out),
+                        "--experiment", "nc"]) == 0
+    best = out / "nc" / "model_best.pth.tar"
+    model = sdt.load_checkpoint(best)  # the checkpoint alone rebuilds the variant
+    assert model.model_config["variant"] == "nir_clean" and model.patch_embed.variant == "nir_clean"
+    assert read_checkpoint(best)["model_config"]["variant"] == "nir_clean"

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from ..config import ConfigError, inert_keys, load_config, official_defaults
 from ..errors import UserError
+from ..model import VARIANTS
 from .presets import PRESETS, preset
 
 # Official store_true options: a YAML value reaches them unconverted, so anything but a bool is refused.
@@ -95,6 +96,9 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     g("-b", "--batch-size", type=int, help="per process")
     g("-vb", "--val-batch-size", type=int)
     g("--neuron-backend", choices=("torch", "spikingjelly", "cupy"), help="(ours) LIF implementation")
+    g("--variant", choices=VARIANTS, help="(ours) 'nir_clean': SPS stage 3 pools spikes after the LIF and "
+      "average-pools the residual, so the model maps onto standard NIR primitives (portable export); default "
+      "'official' (config key 'variant')")
 
     g = p.add_argument_group("optimizer and schedule").add_argument
     g("--opt", metavar="NAME")
@@ -196,7 +200,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     g("--progress", type=_bool, nargs="?", const=True, help="(ours) tqdm progress bars")
     if not suppress:
         p.set_defaults(**official_defaults())
-        p.set_defaults(config=None, dim=None, neuron_backend="torch", device=None, num_threads=0, deterministic=True,
+        p.set_defaults(config=None, dim=None, variant=None, neuron_backend="torch", device=None, num_threads=0, deterministic=True,
                        limit_train=None, limit_val=None, tensorboard=True, progress=True)
     return p
 
