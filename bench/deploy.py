@@ -102,7 +102,8 @@ def _open_fds() -> int:
 
 def bench_lava(samples: int) -> None:
     from deploy.executor import run_intnet
-    from deploy.lava_net import LavaRunner, child_pids, shm_entries
+    from deploy.lava_host import child_pids, shm_entries
+    from deploy.lava_net import LavaRunner
 
     net, xs = _tiny_intnet(max(samples, 10))
     print(f"\n[2] Lava fixed_pt on CPU, tiny SDT (1 block, 32 dims, 16x16, T={net.T}), quantised by deploy.quantize")

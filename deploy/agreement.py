@@ -24,7 +24,7 @@ from export.graph import Graph
 from sdt.errors import UserError
 
 from .intnet import IntNet
-from .quantize import decode_input, decode_logits, encode_input, input_out_of_range, lif_population_names
+from .encoding import decode_input, encode_input, input_out_of_range
 
 __all__ = ["compare", "integer_runner", "BACKENDS"]
 
@@ -71,7 +71,7 @@ def _final_v(net: IntNet, res: Any) -> np.ndarray:
 
 
 def _logits_int(net: IntNet, res: Any) -> np.ndarray:
-    return decode_logits(net, _final_v(net, res))
+    return net.decode_logits(_final_v(net, res))
 
 
 def compare(net: IntNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], *, graph: Graph | None = None,
@@ -86,7 +86,7 @@ def compare(net: IntNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor | No
         raise UserError(f"float_input must be 'original' or 'encoded', got {float_input!r}")
     from export.run_graph import run_graph
 
-    names = lif_population_names(net)
+    names = net.spike_populations()
     if graph is not None:
         names = [n for n in names if n in graph]
     rec = names if (graph is not None and layers) else []

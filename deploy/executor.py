@@ -46,14 +46,13 @@ import torch
 import torch.nn.functional as F
 
 from deploy.fixed_point import (ACT_SHIFT, DECAY_SHIFT, U_WRAP_LIMIT, V_CLIP_LIMIT, VTH_SHIFT, OverflowCounters,
-                                 effective_bias, lif_step, lifreset_step, quantize_dense_weights)
+                                 effective_bias, lif_step, lifreset_step, quantize_dense_weights, weight_shift)
 from deploy.intnet import IntNet, Population, Synapse
+from deploy.semantics import (BINARY_KINDS, GRADED_KINDS, ExecResult, conv_out_shape, conv_params, conv_to_sparse, input_ranges,
+                              pool_params, population_input_shape, synapse_matrix)
 
-__all__ = ["ExecResult", "Executor", "run_intnet", "conv_to_sparse", "synapse_matrix", "population_input_shape",
-           "current_bounds", "input_ranges", "BINARY_KINDS", "GRADED_KINDS"]
+__all__ = ["Executor", "run_intnet"]
 
-BINARY_KINDS = frozenset({"lif", "gate", "integrator"})  # output 0/1 spikes
-GRADED_KINDS = frozenset({"input", "maxpool", "relay"})  # output integers
 F32_EXACT = 1 << 24  # every integer of magnitude <= 2**24 is a float32; partial sums stay below the bound
 F64_EXACT = 1 << 53
 # neurons per fixed-point call; measured on CIFAR 2-256 (executor / float model, noisy): 2**15 0.73x, 2**17 0.76x,
@@ -61,102 +60,6 @@ F64_EXACT = 1 << 53
 BLOCK = 1 << 18
 
 Record = None | Iterable[str] | Literal["all"]
-
-
-# ------------------------------------------------------------------------------------------------------ shapes
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    a, b = v
-    return int(a), int(b)
-
-
-def _conv_params(s: Synapse) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]:
-    """stride, padding, dilation, groups of a conv synapse (defaults 1, 0, 1, 1)."""
-    at = s.attrs
-    return (_pair(at.get("stride", 1)), _pair(at.get("padding", 0)), _pair(at.get("dilation", 1)),
-            int(at.get("groups", 1)))
-
-
-def _conv_out_shape(s: Synapse, src_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(src_shape) != 3:
-        raise ValueError(f"conv synapse {s.name!r}: source shape {src_shape} is not (C,H,W)")
-    w = np.asarray(s.weight)
-    (sh, sw), (ph, pw), (dh, dw), g = _conv_params(s)
-    cout, cin_g, kh, kw = w.shape
-    if cin_g * g != src_shape[0] or cout % g:
-        raise ValueError(f"conv synapse {s.name!r}: weight {w.shape} with groups={g} does not fit input {src_shape}")
-    ho = (src_shape[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (src_shape[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return cout, ho, wo
-
-
-def _pool_params(p: Population) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    k = _pair(p.attrs["kernel"] if "kernel" in p.attrs else p.attrs["kernel_size"])
-    s = _pair(p.attrs.get("stride", k))
-    return k, s, _pair(p.attrs.get("padding", 0))
-
-
-def population_input_shape(net: IntNet, p: Population) -> tuple[int, ...]:
-    """Shape of the summed input ``a`` of ``p``: ``p.shape``, except for a max-pool relay, whose ``a`` is the pool's
-    input (``attrs['in_shape']``, else the output shape of an incoming conv synapse or direct edge source)."""
-    if p.kind != "maxpool":
-        return tuple(p.shape)
-    if "in_shape" in p.attrs:
-        return tuple(int(v) for v in p.attrs["in_shape"])
-    for s in net.synapses_into(p.name):
-        if s.kind == "conv":
-            return _conv_out_shape(s, tuple(net.population(s.src).shape))
-    for src in net.edges_into(p.name):
-        return tuple(net.population(src).shape)
-    raise ValueError(f"maxpool population {p.name!r}: give attrs['in_shape'] (no conv synapse or edge to infer it)")
-
-
-# -------------------------------------------------------------------------------------------- weight matrices
-
-def conv_to_sparse(weight: np.ndarray, in_shape: tuple[int, int, int], stride: int | Sequence[int] = 1,
-                   padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
-                   groups: int = 1) -> sps.csr_matrix:
-    """The conv as a ``(n_out, n_in)`` CSR matrix over C-order flattened (C,H,W) tensors (PyTorch cross-correlation,
-    zero padding); zero weights are dropped."""
-    w = np.asarray(weight, dtype=np.int64)
-    cout, cin_g, kh, kw = w.shape
-    cin, hi, wi = in_shape
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
-    ho = (hi + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (wi + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    co, ci, ky, kx = (a.ravel() for a in np.nonzero(w))
-    vals = w[co, ci, ky, kx]
-    cin_abs = (co // (cout // groups)) * cin_g + ci  # input channel of each kernel entry
-    oy, ox = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
-    oy, ox = oy.ravel(), ox.ravel()
-    iy = oy[None, :] * sh - ph + ky[:, None] * dh  # [entries, positions]
-    ix = ox[None, :] * sw - pw + kx[:, None] * dw
-    ok = (iy >= 0) & (iy < hi) & (ix >= 0) & (ix < wi)
-    rows = (co[:, None] * ho + oy[None, :]) * wo + ox[None, :]
-    cols = (cin_abs[:, None] * hi + iy) * wi + ix
-    m = sps.coo_matrix((np.broadcast_to(vals[:, None], ok.shape)[ok], (rows[ok], cols[ok])),
-                       shape=(cout * ho * wo, cin * hi * wi))
-    return m.tocsr()
-
-
-def synapse_matrix(net: IntNet, s: Synapse) -> sps.csr_matrix:
-    """Any synapse as an int64 ``(n_dst, n_src)`` CSR matrix (what Lava's Sparse process receives)."""
-    src = net.population(s.src)
-    if s.kind == "conv":
-        st, pa, di, g = _conv_params(s)
-        return conv_to_sparse(np.asarray(s.weight), tuple(src.shape), st, pa, di, g)
-    if s.kind == "dense":
-        return sps.csr_matrix(np.asarray(s.weight, dtype=np.int64))
-    if s.kind == "sparse":
-        rows, cols, vals = s.weight
-        m = sps.coo_matrix((np.asarray(vals, np.int64), (np.asarray(rows), np.asarray(cols))),
-                           shape=tuple(int(v) for v in s.attrs["shape"])).tocsr()
-        m.sum_duplicates()
-        m.eliminate_zeros()
-        return m
-    raise ValueError(f"synapse {s.name!r}: unknown kind {s.kind!r}")
 
 
 def _weight_values(s: Synapse) -> np.ndarray:
@@ -337,10 +240,10 @@ def _plan(net: IntNet) -> list[_Pop]:
             _check_lava_weights(s)
             src = net.population(s.src)
             if s.kind == "conv":
-                out_shape = _conv_out_shape(s, tuple(src.shape))
+                out_shape = conv_out_shape(s, tuple(src.shape))
                 w = np.asarray(s.weight, dtype=np.int64)
                 item = _Syn(s, tuple(src.shape), out_shape, np.full(w.shape[0], s.weight_exp), w=w,
-                            conv=_conv_params(s), names=(s.name,))
+                            conv=conv_params(s), names=(s.name,))
             elif s.kind == "dense":
                 w = np.asarray(s.weight, dtype=np.int64)
                 if w.ndim != 2 or w.shape[1] != src.size:
@@ -367,7 +270,7 @@ def _plan(net: IntNet) -> list[_Pop]:
                     (_hwc_perm(net.population(src).shape) is not None or _hwc_perm(in_shape) is not None):
                 raise ValueError(f"edge {src!r}->{p.name!r}: shapes {net.population(src).shape} and {in_shape} differ")
         if p.kind == "maxpool":
-            k, st, pa = _pool_params(p)
+            k, st, pa = pool_params(p)
             c, h, w_ = in_shape
             exp = (c, (h + 2 * pa[0] - k[0]) // st[0] + 1, (w_ + 2 * pa[1] - k[1]) // st[1] + 1)
             if tuple(p.shape) != exp:
@@ -411,108 +314,15 @@ def _merge(syns: list[_Syn]) -> list[_Syn]:
     return out
 
 
-def _row_sums(s: Synapse, src_shape: tuple[int, ...], n_dst: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per target neuron (C,H,W order): the sum of the positive and of the negative weights it receives from one
-    all-ones source (border-aware for convs: a padded position has fewer taps)."""
-    if s.kind == "conv":
-        w = torch.from_numpy(np.asarray(s.weight, np.float64))
-        (sh, sw), pad, dil, g = _conv_params(s)
-        ones = torch.ones(1, *src_shape, dtype=torch.float64)  # float64 sums of int8 weights are exact
-        pos = F.conv2d(ones, w.clamp(min=0), None, (sh, sw), pad, dil, g).reshape(-1).numpy()
-        neg = F.conv2d(ones, w.clamp(max=0), None, (sh, sw), pad, dil, g).reshape(-1).numpy()
-    elif s.kind == "dense":
-        w = np.asarray(s.weight, np.int64)
-        pos, neg = np.maximum(w, 0).sum(1), np.minimum(w, 0).sum(1)
-    else:
-        rows, _cols, vals = (np.asarray(a) for a in s.weight)
-        vals = vals.astype(np.int64)
-        pos = np.bincount(rows, np.maximum(vals, 0), n_dst)
-        neg = np.bincount(rows, np.minimum(vals, 0), n_dst)
-    return np.rint(pos).astype(np.int64), np.rint(neg).astype(np.int64)
-
-
-def input_ranges(net: IntNet, input_range: tuple[int, int], term_max: dict[str, int] | None = None
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per population, per neuron of its summed input ``a`` (C,H,W order): the lowest and highest value any input in
-    ``input_range`` can produce (weight units; a negative exponent floors, which is monotone, so bounds stay bounds).
-    Binary sources span 0..1, graded ones (relays, the input) the range of their own outputs. ``term_max``, if given,
-    receives per population the largest magnitude any single incoming term (a synapse's sum before and after its
-    exponent, or an edge's value) can take."""
-    out_rng: dict[str, tuple[int, int]] = {}
-    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for p in net.populations:
-        if p.kind == "input":
-            out_rng[p.name] = (int(input_range[0]), int(input_range[1]))
-            continue
-        n = int(np.prod(population_input_shape(net, p)))
-        hi, lo = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        for s in net.synapses_into(p.name):
-            x_lo, x_hi = out_rng[s.src] if s.graded else (0, 1)
-            pos, neg = _row_sums(s, tuple(net.population(s.src).shape), n)
-            h, lw = pos * x_hi + neg * x_lo, pos * x_lo + neg * x_hi
-            sh, slw = _shift(h, s.weight_exp), _shift(lw, s.weight_exp)
-            hi += sh
-            lo += slw
-            if term_max is not None:
-                big = max(int(np.abs(h).max(initial=0)), int(np.abs(lw).max(initial=0)),
-                          int(np.abs(sh).max(initial=0)), int(np.abs(slw).max(initial=0)))
-                term_max[p.name] = max(term_max.get(p.name, 0), big)
-        for src in net.edges_into(p.name):
-            hi += out_rng[src][1]
-            lo += out_rng[src][0]
-            if term_max is not None:
-                term_max[p.name] = max(term_max.get(p.name, 0), *(abs(v) for v in out_rng[src]))
-        ranges[p.name] = (lo, hi)
-        out_rng[p.name] = (0, 1) if p.kind in BINARY_KINDS else (int(lo.min(initial=0)), int(hi.max(initial=0)))
-    return ranges
-
-
-def current_bounds(net: IntNet, input_max: int) -> dict[str, int]:
-    """Worst-case ``max |a|`` per population (weight units, before Lava's ``<< 6``) for inputs with ``|x| <= input_max``.
-
-    A population whose bound reaches ``2**17`` can wrap ``u`` (``(a << 6) > 2**23``); a quantiser can refuse such nets
-    before running anything. The per-neuron ranges of :func:`input_ranges`, reduced to one number per population.
-    """
-    return {name: max(int(hi.max(initial=0)), -int(lo.min(initial=0)))
-            for name, (lo, hi) in input_ranges(net, (-int(input_max), int(input_max))).items()}
-
-
 # -------------------------------------------------------------------------------------------------- execution
-
-@dataclass
-class ExecResult:
-    """What :func:`run_intnet` returns. Arrays are NumPy in the populations' (C,H,W) layout; ``T`` model steps."""
-
-    T: int
-    final_v: dict[str, np.ndarray]  # integrator name -> [B, *shape] int64 final v
-    outputs: dict[str, np.ndarray]  # recorded population -> [T, B, *shape] (bool spikes or int64 graded values)
-    spike_counts: dict[str, np.ndarray]  # every population -> [B] int64: non-zero outputs over all steps
-    overflow: OverflowCounters  # all populations together
-    overflow_by_population: dict[str, OverflowCounters]
-
-    @property
-    def logits_int(self) -> np.ndarray:
-        """The single integrator's final v, ``[B, n]`` (integer logits)."""
-        if len(self.final_v) != 1:
-            raise ValueError(f"the net has {len(self.final_v)} integrators; use final_v[name]")
-        v = next(iter(self.final_v.values()))
-        return v.reshape(v.shape[0], -1)
-
 
 # A term of a population's input: raw accumulator [S, B, n] (S = T, or 1 for a static one; internal order) and the
 # exponent it must be shifted by (one int, or one per element).
 _Term = tuple[np.ndarray, "np.ndarray | int"]
 
 
-def _shift(raw: np.ndarray, e: np.ndarray | int) -> np.ndarray:
-    """Lava's per-synapse exponent on an int64 sum: left shift, or arithmetic right shift (floor)."""
-    if isinstance(e, (int, np.integer)):
-        return raw << e if e > 0 else raw >> -e if e < 0 else raw
-    return np.where(e >= 0, raw << np.maximum(e, 0), raw >> np.maximum(-e, 0))
-
-
 def _shift_inplace(x: np.ndarray, e: np.ndarray | int) -> None:
-    """:func:`_shift` on a fresh int64 array, in place (one pass where every exponent has the same sign)."""
+    """:func:`deploy.fixed_point.weight_shift` on a fresh int64 array, in place (one pass where every exponent has the same sign)."""
     if isinstance(e, (int, np.integer)):
         if e > 0:
             x <<= e
@@ -523,7 +333,7 @@ def _shift_inplace(x: np.ndarray, e: np.ndarray | int) -> None:
     elif e.max(initial=0) <= 0:
         np.right_shift(x, -e, out=x)
     else:
-        x[...] = _shift(x, e)
+        x[...] = weight_shift(x, e)
 
 
 class Executor:
@@ -628,7 +438,7 @@ class Executor:
                 raise ValueError("x_int must hold integers (encode the input with net.encoding first)")
         x = x.astype(np.int64)
         shape, T = tuple(p.shape), self.net.T
-        mode = _encoding_mode(self.net)
+        mode = self.net.input_encoding.mode
         if tuple(x.shape[1:]) == shape and mode != "frames":
             out = x.reshape(1, x.shape[0], -1)
         elif x.ndim == len(shape) + 2 and tuple(x.shape[2:]) == shape and x.shape[1] == T and mode != "repeat":
@@ -849,7 +659,7 @@ class Executor:
             a += ed
         if item.pop.kind == "relay":
             return a
-        k, st, pa = _pool_params(item.pop)
+        k, st, pa = pool_params(item.pop)
         c, h, w = item.in_shape
         nchw = torch.from_numpy(a).view(S * B, h, w, c).permute(0, 3, 1, 2)  # channels-last memory
         pooled = F.max_pool2d(nchw, k, st, pa)
@@ -926,18 +736,6 @@ class Executor:
             if p.name not in self._last_use:
                 outs.pop(p.name, None)
         return ExecResult(T, final_v, outputs, counts, total, by_pop)
-
-
-def _encoding_mode(net: IntNet) -> str | None:
-    """'repeat' or 'frames' if ``net.encoding`` says so (keys 'mode', 'kind' or 'encoding'), else None."""
-    enc = net.encoding if hasattr(net.encoding, "get") else {}
-    for key in ("mode", "kind", "encoding", "input"):
-        v = enc.get(key)
-        if v in ("repeat", "static", "direct"):
-            return "repeat"
-        if v in ("frames", "events", "event"):
-            return "frames"
-    return None
 
 
 def run_intnet(net: IntNet, x_int: np.ndarray | torch.Tensor, record: Record = None,

@@ -28,7 +28,7 @@ import numpy as np
 
 __all__ = [
     "DECAY_SHIFT", "DECAY_UNITY", "ACT_SHIFT", "VTH_SHIFT", "U_WRAP_LIMIT", "V_CLIP_LIMIT",
-    "SignMode", "infer_sign_mode", "quantize_dense_weights", "dense_accumulate", "effective_bias",
+    "SignMode", "infer_sign_mode", "quantize_dense_weights", "dense_accumulate", "weight_shift", "effective_bias",
     "OverflowCounters", "LIFParams", "LIFState", "lif_step", "lifreset_step", "DenseLIFResult", "run_dense_lif",
 ]
 
@@ -107,6 +107,13 @@ def dense_accumulate(
         x = (x != 0).astype(np.int64)
     acc = x @ np.asarray(wq, dtype=np.int64).T
     return acc << weight_exp if weight_exp > 0 else acc >> -weight_exp
+
+
+def weight_shift(raw: np.ndarray, e: np.ndarray | int) -> np.ndarray:
+    """Lava's per-synapse exponent on an int64 sum: left shift, or arithmetic right shift (floor)."""
+    if isinstance(e, (int, np.integer)):
+        return raw << e if e > 0 else raw >> -e if e < 0 else raw
+    return np.where(e >= 0, raw << np.maximum(e, 0), raw >> np.maximum(-e, 0))
 
 
 def effective_bias(bias_mant: np.ndarray | int, bias_exp: np.ndarray | int) -> np.ndarray:

@@ -34,16 +34,20 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from sdt.atomic import atomic_path
 from sdt.errors import UserError
 
+from .kinds import KINDS
+
+if TYPE_CHECKING:
+    from .encoding import InputEncoding
+
 FORMAT = "sdt-intnet"
 FORMAT_VERSION = 1
-KINDS = ("input", "lif", "gate", "maxpool", "relay", "integrator")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,20 @@ class Synapse:
     weight_exp: int = 0
     graded: bool = False
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    # the graph node whose weights this synapse carries (a composed term: the '+'-joined nodes, e.g.
+    # 'patch_embed.proj_conv3+patch_embed.x_feat_pool'); the file stores it in the name (see synapse_node)
+    node: str | None = None
+
+
+def synapse_name(node: str, dst: str, part: int | None = None) -> str:
+    """The stored name of a synapse: ``<node>[@<part>]-><dst>`` (part: hi/lo term, sign half or channel group)."""
+    return f"{node}{'' if part is None else f'@{part}'}->{dst}"
+
+
+def synapse_node(name: str) -> str:
+    """The graph node a stored synapse name encodes (the inverse of :func:`synapse_name`; files store no other field
+    for it, so that format v1 files stay byte-identical)."""
+    return name.split("->")[0].split("@")[0]
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,21 @@ class IntNet:
 
     def edges_into(self, name: str) -> list[str]:
         return [a for a, b in self.edges if b == name]
+
+    @property
+    def input_encoding(self) -> "InputEncoding":
+        """The typed view of :attr:`encoding` (``deploy.encoding.InputEncoding``)."""
+        from .encoding import InputEncoding
+
+        return InputEncoding.from_mapping(self.encoding)
+
+    def decode_logits(self, v: np.ndarray) -> np.ndarray:
+        """The integrator's final v ``[B, classes]`` -> float logits (the model's mean over T)."""
+        return np.asarray(v, np.float64) / float(self.decode["scale"])
+
+    def spike_populations(self) -> list[str]:
+        """Populations that carry binary spikes and correspond to a graph node (compared by spike agreement)."""
+        return [p.name for p in self.populations if p.kind in ("lif", "gate") and p.attrs.get("op") != "always_on"]
 
     def validate(self) -> None:
         """Check names, kinds, topological order and shapes; raise ValueError naming the first problem."""
@@ -207,7 +240,8 @@ def load(path: str | os.PathLike) -> IntNet:
         w = (arr[d["weight"] + "_rows"], arr[d["weight"] + "_cols"], arr[d["weight"] + "_vals"]) \
             if d["kind"] == "sparse" else arr[d["weight"]]
         syns.append(Synapse(name=d["name"], src=d["src"], dst=d["dst"], kind=d["kind"], weight=w,
-                            weight_exp=d["weight_exp"], graded=d["graded"], attrs=d["attrs"]))
+                            weight_exp=d["weight_exp"], graded=d["graded"], attrs=d["attrs"],
+                            node=synapse_node(d["name"])))
     net = IntNet(populations=pops, synapses=tuple(syns), edges=tuple(tuple(e) for e in doc["edges"]), T=doc["T"],
                  encoding=doc["encoding"], decode=doc["decode"], metadata=doc["metadata"])
     net.validate()

@@ -41,28 +41,25 @@ message per array element, so inputs and rasters never go through Vars).
 from __future__ import annotations
 
 import os
-import pickle
-import select
-import signal
-import struct
 import subprocess
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:  # the host process must not import deploy.intnet (-> sdt -> torch)
-    from deploy.executor import ExecResult
-    from deploy.intnet import IntNet
+from deploy.kinds import BINARY_KINDS
+from deploy.lava_host import alive_pids, child_pids, helper_pids, reap, recv_msg, send_msg
 
-__all__ = ["DelayPlan", "plan_delays", "LavaRunner", "LavaResult", "run_lava", "child_pids", "shm_entries",
-           "lava_leaks", "build_spec"]
+if TYPE_CHECKING:  # the host process must not import deploy.intnet (-> sdt -> torch)
+    from deploy.intnet import IntNet
+    from deploy.semantics import ExecResult
+
+__all__ = ["DelayPlan", "plan_delays", "LavaRunner", "LavaResult", "run_lava", "build_spec"]
 
 GRADED_MESSAGE_BITS = 24  # Lava's CPU models only test > 0; 24 is the graded payload its models describe
-BINARY_KINDS = ("lif", "gate", "integrator")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Record = None | Iterable[str] | Literal["all"]
 
@@ -104,7 +101,7 @@ def plan_delays(net: "IntNet") -> DelayPlan:
 def build_spec(net: "IntNet", record: Record = None, plan: DelayPlan | None = None,
                explicit_models: bool = True) -> dict[str, Any]:
     """Everything the host needs, as plain Python / NumPy (no IntNet, so the host never imports torch)."""
-    from deploy.executor import population_input_shape, synapse_matrix
+    from deploy.semantics import pool_params, population_input_shape, synapse_matrix
 
     plan = plan or plan_delays(net)
     names = [p.name for p in net.populations]
@@ -122,10 +119,8 @@ def build_spec(net: "IntNet", record: Record = None, plan: DelayPlan | None = No
             d.update(du=int(p.du), dv=int(p.dv), vth=int(p.vth), bias_exp=int(p.bias_exp),
                      bias=np.zeros(p.size, np.int64) if p.bias_mant is None else np.asarray(p.bias_mant, np.int64))
         elif p.kind == "maxpool":
-            at = p.attrs
-            kernel = at["kernel"] if "kernel" in at else at["kernel_size"]
-            d.update(in_shape=population_input_shape(net, p), kernel=kernel, stride=at.get("stride", kernel),
-                     padding=at.get("padding", 0))
+            kernel, stride, padding = pool_params(p)
+            d.update(in_shape=population_input_shape(net, p), kernel=kernel, stride=stride, padding=padding)
         elif p.kind not in ("input", "relay"):
             raise ValueError(f"population {p.name!r}: unknown kind {p.kind!r}")
         pops.append(d)
@@ -137,87 +132,6 @@ def build_spec(net: "IntNet", record: Record = None, plan: DelayPlan | None = No
     edges = [(a, b, plan.edge_delay[(a, b)]) for a, b in net.edges]
     return dict(T=int(net.T), latency=plan.latency, input=inputs[0].name, pops=pops, syns=syns, edges=edges,
                 record=sorted(rec), explicit_models=bool(explicit_models))
-
-
-# ---------------------------------------------------------------------------------------- processes and leaks
-
-def _helper_pids() -> set[int]:
-    """multiprocessing's resource tracker: one long-lived helper per Python process, started the first time shared
-    memory is used. It must live on (it unlinks leaked segments), so it is neither reaped nor counted as a leak."""
-    from multiprocessing import resource_tracker
-
-    pid = getattr(resource_tracker._resource_tracker, "_pid", None)  # noqa: SLF001
-    return {pid} if pid else set()
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a live process, None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
-    return fields[0], int(fields[1])
-
-
-def child_pids(pid: int | None = None) -> set[int]:
-    """Live (non-zombie) direct children of ``pid`` (default: this process, without its resource tracker)."""
-    me = os.getpid() if pid is None else pid
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(int(entry))
-            if st is not None and st[1] == me and st[0] != "Z":
-                out.add(int(entry))
-    return out - _helper_pids() if me == os.getpid() else out
-
-
-def _alive(pids: Iterable[int]) -> set[int]:
-    return {p for p in pids if (st := _stat(p)) is not None and st[0] != "Z"}
-
-
-def shm_entries() -> set[str]:
-    """Names in /dev/shm (Lava's shared-memory channels live there while a runtime is up)."""
-    try:
-        return set(os.listdir("/dev/shm"))
-    except OSError:
-        return set()
-
-
-def lava_leaks(before_children: set[int], before_shm: set[str]) -> dict[str, list]:
-    """What is alive now that was not before: child pids and /dev/shm entries (empty lists = clean)."""
-    return {"children": sorted(child_pids() - before_children), "shm": sorted(shm_entries() - before_shm)}
-
-
-def _reap(pids: set[int], timeout: float = 10.0) -> list[int]:
-    """Wait for ``pids`` (processes this code started) to end; SIGTERM, then SIGKILL, those that do not.
-
-    Returns the pids that had to be signalled."""
-    deadline = time.monotonic() + timeout
-    alive = _alive(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = _alive(alive)
-    killed = sorted(alive)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in alive:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        end = time.monotonic() + 2.0
-        while alive and time.monotonic() < end:
-            time.sleep(0.02)
-            alive = _alive(alive)
-        if not alive:
-            break
-    for pid in pids:  # collect our own zombies (no-op for processes that are not our children)
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-    return killed
 
 
 # ------------------------------------------------------------------------------------------------ the engine
@@ -389,49 +303,14 @@ class _Engine:
             if self.anchor is not None and self.anchor.runtime is not None:
                 self.anchor.stop()
         finally:
-            killed = _reap(self.children)
+            killed = reap(self.children)
             for proc in self.all_procs:  # a stopped runtime must not be stopped again by the processes' __del__
                 proc._runtime = None  # noqa: SLF001
             self.anchor = None
-        return {"killed": killed, "alive": sorted(_alive(self.children))}
+        return {"killed": killed, "alive": sorted(alive_pids(self.children))}
 
 
 # ------------------------------------------------------------------------------------------------- host side
-
-def _send_msg(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    buf = struct.pack(">Q", len(data)) + data
-    while buf:
-        n = os.write(fd, buf)
-        buf = buf[n:]
-
-
-def _read_exact(fd: int, n: int, timeout: float | None, alive: Callable[[], bool] | None = None) -> bytes:
-    """Read n bytes; EOFError when the writer is gone (or ``alive()`` says so), TimeoutError after ``timeout``."""
-    chunks, got = [], 0
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while got < n:
-        if deadline is not None or alive is not None:
-            while True:  # wait in short slices, so that a dead host is noticed even if its pipe never closes
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"no answer from the Lava host within {timeout} s")
-                if select.select([fd], [], [], 0.5 if left is None else min(left, 0.5))[0]:
-                    break
-                if alive is not None and not alive():
-                    raise EOFError("the Lava host died")
-        chunk = os.read(fd, min(n - got, 1 << 20))
-        if not chunk:
-            raise EOFError("the Lava host closed the pipe")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def _recv_msg(fd: int, timeout: float | None = None, alive: Callable[[], bool] | None = None) -> Any:
-    (n,) = struct.unpack(">Q", _read_exact(fd, 8, timeout, alive))
-    return pickle.loads(_read_exact(fd, n, timeout, alive))
-
 
 def _host_main() -> None:
     """Entry point of the host subprocess: requests on stdin, answers on the original stdout (fd 1 becomes stderr,
@@ -450,7 +329,7 @@ def _host_main() -> None:
     try:
         while True:
             try:
-                cmd, arg = _recv_msg(rfd)
+                cmd, arg = recv_msg(rfd)
             except EOFError:
                 return  # the runner went away: clean up and leave
             try:
@@ -458,20 +337,20 @@ def _host_main() -> None:
                     engine = _Engine(arg)
                     engine.compile()
                     reply = dict(timings=engine.timings, processes=len(engine.all_procs),
-                                 children=sorted(engine.children), helpers=sorted(_helper_pids()))
+                                 children=sorted(engine.children), helpers=sorted(helper_pids()))
                 elif cmd == "run":
                     assert engine is not None
                     reply = [(s.final_v, s.outputs) for s in engine.run_many(arg)]
                 elif cmd == "close":
                     reply = engine.close() if engine is not None else {"killed": [], "alive": []}
                     engine = None
-                    _send_msg(wfd, ("ok", reply))
+                    send_msg(wfd, ("ok", reply))
                     return
                 else:
                     raise ValueError(f"unknown command {cmd!r}")
-                _send_msg(wfd, ("ok", reply))
+                send_msg(wfd, ("ok", reply))
             except Exception as e:  # report, keep serving (the runner decides to close)
-                _send_msg(wfd, ("error", (type(e).__name__, str(e), traceback.format_exc())))
+                send_msg(wfd, ("error", (type(e).__name__, str(e), traceback.format_exc())))
     finally:
         if engine is not None:
             engine.close()
@@ -562,9 +441,9 @@ class LavaRunner:
 
     def _call(self, cmd: str, arg: Any = None) -> Any:
         assert self._host is not None and self._host.stdin is not None and self._host.stdout is not None
-        _send_msg(self._host.stdin.fileno(), (cmd, arg))
+        send_msg(self._host.stdin.fileno(), (cmd, arg))
         host = self._host
-        status, reply = _recv_msg(host.stdout.fileno(), self.timeout, alive=lambda: host.poll() is None)
+        status, reply = recv_msg(host.stdout.fileno(), self.timeout, alive=lambda: host.poll() is None)
         if status == "error":
             kind, msg, tb = reply
             raise LavaHostError(f"{kind}: {msg}\n--- Lava host traceback ---\n{tb}")
@@ -608,15 +487,15 @@ class LavaRunner:
                     self._host.kill()
                     self._host.wait()
             # the host's children were re-parented when it exited; none may survive it
-            orphans = _alive(self._host_children)
+            orphans = alive_pids(self._host_children)
             if orphans:  # the host died without stopping them: they wait on channels forever, so do not wait long
-                _reap(orphans, timeout=0.5)
+                reap(orphans, timeout=0.5)
             # the host's resource tracker unlinks any shared memory a crashed host left behind, then exits: wait for it
             deadline = time.monotonic() + 10.0
-            while _alive(self._host_helpers) and time.monotonic() < deadline:
+            while alive_pids(self._host_helpers) and time.monotonic() < deadline:
                 time.sleep(0.02)
             self.leaks = {"killed": sorted(report.get("killed", [])) + sorted(orphans),
-                          "alive": sorted(set(report.get("alive", [])) | _alive(self._host_children))}
+                          "alive": sorted(set(report.get("alive", [])) | alive_pids(self._host_children))}
             self._engine = None
             self._host = None
 
@@ -684,7 +563,7 @@ def run_lava(net: "IntNet", x_int: np.ndarray, record: Record = None, **runner_k
 
     Lava exposes no overflow counters, so ``overflow`` reads 0 here; take them from the reference executor, which is
     bit-exact with Lava (``tests/test_lava_net.py``)."""
-    from deploy.executor import ExecResult
+    from deploy.semantics import ExecResult
     from deploy.fixed_point import OverflowCounters
 
     x_int = np.asarray(x_int)

@@ -32,20 +32,17 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from export.shapes import conv_out_hw, pair
+
 __all__ = ["MaxPoolRelay", "DelayLine", "FrameSource", "FrameSink", "PyMaxPoolRelayModelFixed",
            "PyDelayLineModelFixed", "PyFrameSourceModelFixed", "PyFrameSinkModelFixed", "MODELS", "maxpool2d_int",
            "pool_out_shape"]
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
-
-
 def pool_out_shape(in_shape: Sequence[int], kernel: int | Sequence[int], stride: int | Sequence[int],
                    padding: int | Sequence[int]) -> tuple[int, int, int]:
     c, h, w = (int(s) for s in in_shape)
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
-    return c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    return (c, *conv_out_hw((h, w), kernel, stride, padding))
 
 
 def maxpool2d_int(a: np.ndarray, in_shape: Sequence[int], kernel: int | Sequence[int], stride: int | Sequence[int],
@@ -55,7 +52,7 @@ def maxpool2d_int(a: np.ndarray, in_shape: Sequence[int], kernel: int | Sequence
     NumPy only: Lava's process models run in forked children, where torch calls can hang.
     """
     c, h, w = (int(s) for s in in_shape)
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
     _, ho, wo = pool_out_shape(in_shape, kernel, stride, padding)
     lowest = np.iinfo(np.int64).min
     x = np.full((c, h + 2 * ph, w + 2 * pw), lowest, dtype=np.int64)
@@ -76,8 +73,8 @@ class MaxPoolRelay(AbstractProcess):
                  padding: int | Sequence[int] = 0, name: str | None = None) -> None:
         in_shape = tuple(int(s) for s in in_shape)
         out_shape = pool_out_shape(in_shape, kernel, stride, padding)
-        super().__init__(in_shape=in_shape, out_shape=out_shape, kernel=_pair(kernel), stride=_pair(stride),
-                         padding=_pair(padding), name=name)
+        super().__init__(in_shape=in_shape, out_shape=out_shape, kernel=pair(kernel), stride=pair(stride),
+                         padding=pair(padding), name=name)
         self.a_in = InPort(shape=(int(np.prod(in_shape)),))
         self.s_out = OutPort(shape=(int(np.prod(out_shape)),))
 

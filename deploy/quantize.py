@@ -58,12 +58,12 @@ import torch.nn.functional as F
 from export.graph import Graph, Node, fold_bn
 from sdt.errors import UserError
 
-from .fixed_point import V_CLIP_LIMIT, quantize_dense_weights
-from .intnet import IntNet, Population, Synapse, save
+from .fixed_point import V_CLIP_LIMIT, quantize_dense_weights, weight_shift
+from .intnet import IntNet, Population, Synapse, save, synapse_name
+from .semantics import current_range, weight_sums
 
 __all__ = ["QuantConfig", "QuantizationError", "quantize", "quantize_graph", "quantize_model", "export_lava",
-           "encode_input", "decode_input", "decode_logits", "input_out_of_range", "detect_input_levels", "grid_inputs",
-           "load_model_and_normalization", "lif_population_names"]
+           "detect_input_levels", "grid_inputs", "load_model_and_normalization"]
 
 VTH_MAX = (1 << 17) - 1  # Lava vth is uint17
 A_LIMIT = 1 << 17  # |a| < 2**17 keeps u = a << 6 strictly inside (-2**23, 2**23]: never wraps
@@ -419,6 +419,8 @@ class _QSyn:
     lo: np.ndarray | None = None
     comp: np.ndarray | None = None  # per destination neuron: mean floor error to add back through the bias (v units)
     err: tuple[float, float] = (0.0, 0.0)  # (squared weight error, squared weights) of the whole term, float units
+    node: str | None = None  # the graph node (term) the weights came from; None: ``name``
+    part: int | None = None  # which of the term's synapses (hi/lo term, sign half, channel group)
 
 
 def _fit(t: np.ndarray, e_lo: int, e_hi: int) -> tuple[np.ndarray, int] | None:
@@ -481,14 +483,18 @@ def _quantize_term(t: _Term, scale: float, dst_in_shape: tuple[int, ...], src_ra
     approx = np.zeros(target.shape)
     for gi, (w_full, e) in enumerate(groups):
         approx += w_full * 2.0 ** e
-        hi, lo = _bounds(t, w_full, lo_x, hi_x, n_dst, dst_in_shape)
-        hi, lo = _shift(hi, e), _shift(lo, e)
+        # per output channel for convs (border neurons over-counted: conservative), the executor's bound arithmetic
+        pos, neg = weight_sums(t.kind, w_full, n_dst, rows=t.rows)
+        lo, hi = current_range(pos, neg, lo_x, hi_x)
+        hi, lo = weight_shift(hi, e), weight_shift(lo, e)
         comp = None
         if e < 0:  # floor(y / 2**k) is low by (1 - 2**-k)/2 on average: give it back (v units: x 64)
-            rows_hit = _rows_hit(t, w_full, n_dst, dst_in_shape)
+            rows_hit = ((pos - neg) > 0).astype(float)  # neurons that receive any non-zero weight
             comp = rows_hit * (32.0 * (1.0 - 2.0 ** e))
-        name = t.name if len(groups) == 1 else f"{t.name}@{gi}"
-        out.append(_QSyn(name, t.src, t.kind, w_full, int(e), t.graded, dict(t.attrs), t.rows, t.cols, hi, lo, comp))
+        part = None if len(groups) == 1 else gi
+        name = t.name if part is None else f"{t.name}@{gi}"
+        out.append(_QSyn(name, t.src, t.kind, w_full, int(e), t.graded, dict(t.attrs), t.rows, t.cols, hi, lo, comp,
+                         node=t.name, part=part))
     if out:
         out[0].err = (float(((approx - target) ** 2).sum()) / scale ** 2, float((t.w ** 2).sum()))
     return out
@@ -518,35 +524,6 @@ def _fit_groups(target: np.ndarray, e_lo: int, e_hi: int, per_channel: bool, wha
         w_full[idx] = fit[0]
         out.append((w_full, fit[1]))
     return out
-
-
-def _shift(x: np.ndarray, e: int) -> np.ndarray:
-    return x << e if e >= 0 else x >> -e  # floor, as Lava shifts the sum
-
-
-def _bounds(t: _Term, w: np.ndarray, lo_x: int, hi_x: int, n_dst: int,
-            dst_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per destination neuron: the largest and smallest current ``W @ x`` over all inputs in [lo_x, hi_x]."""
-    pos = np.maximum(w * hi_x, w * lo_x)
-    neg = np.minimum(w * hi_x, w * lo_x)
-    if t.kind == "conv":  # per output channel (over-counts border neurons: conservative)
-        c = w.shape[0]
-        per = n_dst // c
-        return (np.repeat(pos.reshape(c, -1).sum(1), per), np.repeat(neg.reshape(c, -1).sum(1), per))
-    if t.kind == "dense":
-        return pos.sum(1), neg.sum(1)
-    return (np.bincount(t.rows, weights=pos, minlength=n_dst).astype(np.int64),
-            np.bincount(t.rows, weights=neg, minlength=n_dst).astype(np.int64))
-
-
-def _rows_hit(t: _Term, w: np.ndarray, n_dst: int, dst_shape: tuple[int, ...]) -> np.ndarray:
-    """1.0 for destination neurons that receive any non-zero weight of ``w``."""
-    if t.kind == "conv":
-        c = w.shape[0]
-        return np.repeat((np.abs(w).reshape(c, -1).sum(1) > 0).astype(float), n_dst // c)
-    if t.kind == "dense":
-        return (np.abs(w).sum(1) > 0).astype(float)
-    return (np.bincount(t.rows, weights=np.abs(w), minlength=n_dst) > 0).astype(float)
 
 
 @dataclass
@@ -867,19 +844,20 @@ class _Solver:
 # -------------------------------------------------------------------------------------------------- assembly
 
 def _to_synapse(s: _QSyn, dst: str) -> Synapse:
-    name = f"{s.name}->{dst}"
+    node = s.node if s.node is not None else s.name
+    name = synapse_name(node, dst, s.part)
     if s.kind == "conv":
         a = s.attrs
         attrs = {"stride": list(a["stride"]), "padding": list(a["padding"]), "groups": int(a["groups"])}
         if tuple(a["dilation"]) != (1, 1):
             attrs["dilation"] = list(a["dilation"])
-        return Synapse(name, s.src, dst, "conv", s.w.astype(np.int32), s.e, s.graded, attrs)
+        return Synapse(name, s.src, dst, "conv", s.w.astype(np.int32), s.e, s.graded, attrs, node)
     if s.kind == "dense":
-        return Synapse(name, s.src, dst, "dense", s.w.astype(np.int32), s.e, s.graded, {})
+        return Synapse(name, s.src, dst, "dense", s.w.astype(np.int32), s.e, s.graded, {}, node)
     keep = s.w != 0
     return Synapse(name, s.src, dst, "sparse", (s.rows[keep].astype(np.int32), s.cols[keep].astype(np.int32),
                                                 s.w[keep].astype(np.int32)), s.e, s.graded,
-                   {"shape": list(s.attrs["shape"])})
+                   {"shape": list(s.attrs["shape"])}, node)
 
 
 def detect_input_levels(graph: Graph, x: torch.Tensor | np.ndarray | None) -> tuple[int, float | None]:
@@ -973,54 +951,6 @@ def quantize(graph: Graph, calib: torch.Tensor | np.ndarray | None = None,
              config: QuantConfig | None = None) -> IntNet:
     """Shorthand for ``quantize_graph(graph, config, calib_x=calib)[0]``."""
     return quantize_graph(graph, config, calib_x=calib)[0]
-
-
-def _encode_unclipped(enc: Mapping[str, Any], x: torch.Tensor | np.ndarray) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    a = a.astype(np.float64)
-    if enc.get("kind") == "event_counts":
-        return np.round(a)
-    if enc.get("kind") != "pixel_levels":
-        raise UserError(f"unknown input encoding {enc.get('kind')!r}")
-    if enc.get("mean") is not None:
-        shape = (-1, 1, 1)
-        a = a * np.asarray(enc["std"]).reshape(shape) + np.asarray(enc["mean"]).reshape(shape)
-    return np.round(a * int(enc["levels"]))
-
-
-def encode_input(net_or_encoding: IntNet | Mapping[str, Any], x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Float model input (as the data pipeline gives it) -> the integer input of the network (int64)."""
-    enc = net_or_encoding.encoding if isinstance(net_or_encoding, IntNet) else net_or_encoding
-    return np.clip(_encode_unclipped(enc, x), int(enc.get("min", 0)), int(enc["levels"])).astype(np.int64)
-
-
-def input_out_of_range(net_or_encoding: IntNet | Mapping[str, Any], x: torch.Tensor | np.ndarray) -> int:
-    """How many input values :func:`encode_input` clips (outside the integer input's range)."""
-    enc = net_or_encoding.encoding if isinstance(net_or_encoding, IntNet) else net_or_encoding
-    raw = _encode_unclipped(enc, x)
-    return int(((raw < int(enc.get("min", 0))) | (raw > int(enc["levels"]))).sum())
-
-
-def decode_input(net_or_encoding: IntNet | Mapping[str, Any], x_int: np.ndarray) -> torch.Tensor:
-    """The float model input that ``x_int`` represents (inverse of :func:`encode_input` on its range)."""
-    enc = net_or_encoding.encoding if isinstance(net_or_encoding, IntNet) else net_or_encoding
-    a = np.asarray(x_int, np.float64)
-    if enc.get("kind") != "event_counts":
-        a = a / float(enc["levels"])
-        if enc.get("mean") is not None:
-            shape = (-1, 1, 1)
-            a = (a - np.asarray(enc["mean"]).reshape(shape)) / np.asarray(enc["std"]).reshape(shape)
-    return torch.from_numpy(a).to(torch.float32)
-
-
-def decode_logits(net: IntNet, v: np.ndarray) -> np.ndarray:
-    """The integrator's final v ``[B, classes]`` -> float logits (the model's mean over T)."""
-    return np.asarray(v, np.float64) / float(net.decode["scale"])
-
-
-def lif_population_names(net: IntNet) -> list[str]:
-    """Populations that carry binary spikes and correspond to a graph node (compared by spike agreement)."""
-    return [p.name for p in net.populations if p.kind in ("lif", "gate") and p.attrs.get("op") != "always_on"]
 
 
 # ------------------------------------------------------------------------------------------ model / file API

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from sdt.errors import UserError
+
+from .shapes import conv_out_hw, conv_window, pool_window
 
 ENCODINGS = ("repeat", "frames")
 
@@ -70,43 +72,6 @@ class Node:
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.op}, inputs={self.inputs}, shape={self.shape})"
-
-
-Pair = tuple[int, int]
-
-
-# ------------------------------------------------------------------------------------------- shape helpers
-
-def pair(v: int | Sequence[int]) -> Pair:
-    """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``: the one reading of a 2-D size attribute."""
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    a, b = v
-    return int(a), int(b)
-
-
-def window_out(size: int, k: int, s: int = 1, p: int = 0, d: int = 1) -> int:
-    """Output length of a conv/pool window along one axis (PyTorch's floor rule, zero padding)."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def conv_out_hw(hw: Sequence[int], kernel: int | Sequence[int], stride: int | Sequence[int] = 1,
-                padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1) -> Pair:
-    """``(H, W)`` after a conv or pool window: the only copy of this arithmetic in the tree."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = pair(kernel), pair(stride), pair(padding), pair(dilation)
-    return window_out(int(hw[0]), kh, sh, ph, dh), window_out(int(hw[1]), kw, sw, pw, dw)
-
-
-def pool_window(attrs: Mapping[str, Any]) -> tuple[Pair, Pair, Pair]:
-    """``(kernel, stride, padding)`` of a pooling node's attributes (stride defaults to the kernel)."""
-    k = pair(attrs["kernel_size"])
-    return k, pair(attrs.get("stride") or k), pair(attrs.get("padding", 0))
-
-
-def conv_window(attrs: Mapping[str, Any]) -> tuple[Pair, Pair, Pair, int]:
-    """``(stride, padding, dilation, groups)`` of a conv node's attributes."""
-    return (pair(attrs.get("stride", 1)), pair(attrs.get("padding", 0)), pair(attrs.get("dilation", 1)),
-            int(attrs.get("groups", 1)))
 
 
 # ------------------------------------------------------------------------------------------------ op table
@@ -313,4 +278,4 @@ def fold_bn(node: Node) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = ["OPS", "OP_TABLE", "OpSpec", "BINARY_OPS", "ENCODINGS", "Node", "Graph", "infer_shape", "fold_bn", "op_spec",
-           "check_handlers", "pair", "window_out", "conv_out_hw", "pool_window", "conv_window"]
+           "check_handlers"]

@@ -613,7 +613,8 @@ def test_integer_counts_streamed_in_executor_layout_equal_counting_its_outputs()
     the same counts as counting the outputs it records in node layout."""
     from deploy.energy.run import count_integer, integer_population_map
     from deploy.executor import Executor
-    from deploy.quantize import encode_input, quantize_model
+    from deploy.encoding import encode_input
+    from deploy.quantize import quantize_model
 
     net, _, graph = quantize_model(tiny_model(3))
     counter = EnergyCounter(graph)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.executor import Executor, conv_to_sparse, current_bounds, run_intnet
+from deploy.executor import Executor, run_intnet
+from deploy.semantics import conv_to_sparse, current_bounds
 from deploy.fixed_point import lif_step, lifreset_step
 from deploy.intnet import IntNet, Population, Synapse
 
@@ -353,15 +354,14 @@ def test_always_on_bias_source_and_batch_of_one():
 
 def test_quantised_tiny_sdt_matches_step_reference():
     """The real quantiser's tiny SDT (weight terms, per-term exponents, always-on bias source, relay, gates)."""
-    quantize = pytest.importorskip("deploy.quantize", reason="deploy.quantize is not written yet")
-    from_model = pytest.importorskip("export.from_model", reason="export.from_model is not written yet")
-    if not hasattr(quantize, "quantize") or not hasattr(quantize, "encode_input"):
-        pytest.skip("deploy.quantize has no quantize() / encode_input() yet")
+    from deploy.encoding import encode_input
+    from deploy.quantize import quantize
+    from export.from_model import build_graph
     from tests.conftest import tiny_model
 
     g = torch.Generator().manual_seed(1)
-    net = quantize.quantize(from_model.build_graph(tiny_model()), calib=torch.rand(8, 3, 16, 16, generator=g))
-    xs = quantize.encode_input(net, torch.rand(2, 3, 16, 16, generator=g))
+    net = quantize(build_graph(tiny_model()), calib=torch.rand(8, 3, 16, 16, generator=g))
+    xs = encode_input(net, torch.rand(2, 3, 16, 16, generator=g))
     _compare_with_reference(net, xs)
 
 
@@ -440,7 +440,8 @@ def test_overflow_checks_are_skipped_only_where_overflow_is_proven_impossible(mo
     """The executor skips the per-step wrap/clip checks of a population only if a worst case over ANY input proves
     they cannot fire: true for every population the quantiser makes, false for the crafted overflowing layer; and
     forcing every check on changes nothing on the quantised net."""
-    from deploy.quantize import encode_input, quantize
+    from deploy.encoding import encode_input
+    from deploy.quantize import quantize
     from export.from_model import build_graph
     from tests.conftest import tiny_model
 

@@ -14,7 +14,8 @@ import pytest
 
 from deploy.executor import run_intnet
 from deploy.intnet import IntNet
-from deploy.lava_net import LavaRunner, child_pids, lava_leaks, plan_delays, shm_entries
+from deploy.lava_host import child_pids, lava_leaks, shm_entries
+from deploy.lava_net import LavaRunner, plan_delays
 from tests.test_executor import chain_inputs, chain_net, mini_sdt_inputs, mini_sdt_net
 
 needs_lava = pytest.mark.skipif(importlib.util.find_spec("lava") is None, reason="lava-nc is not installed")
@@ -208,20 +209,19 @@ def test_records_only_what_is_asked_and_reads_logits():
 
 def _quantised_tiny_sdt():
     """The tiny SDT (1 block, 32 dims, 16x16, T=4: stem, RPE, attention, MLP, residuals, head) through export and
-    ``deploy.quantize``; skipped while those are not there."""
-    quantize_mod = pytest.importorskip("deploy.quantize", reason="deploy.quantize is not written yet")
-    graph_mod = pytest.importorskip("export.from_model", reason="export.from_model is not written yet")
-    if not hasattr(quantize_mod, "quantize") or not hasattr(quantize_mod, "encode_input"):
-        pytest.skip("deploy.quantize has no quantize() / encode_input() yet")
+    ``deploy.quantize``."""
     import torch
 
+    from deploy.encoding import encode_input
+    from deploy.quantize import quantize
+    from export.from_model import build_graph
     from tests.conftest import tiny_model
 
     model = tiny_model()
     g = torch.Generator().manual_seed(0)
     calib = torch.rand(16, 3, 16, 16, generator=g)
-    net = quantize_mod.quantize(graph_mod.build_graph(model), calib=calib)
-    xs = quantize_mod.encode_input(net, torch.rand(10, 3, 16, 16, generator=g))
+    net = quantize(build_graph(model), calib=calib)
+    xs = encode_input(net, torch.rand(10, 3, 16, 16, generator=g))
     return net, xs
 
 

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from deploy.agreement import compare
-from deploy.executor import run_intnet, synapse_matrix
+from deploy.executor import run_intnet
+from deploy.semantics import synapse_matrix
 from deploy.fixed_point import V_CLIP_LIMIT, quantize_dense_weights
 from deploy.intnet import IntNet, load, save
-from deploy.quantize import (QuantConfig, QuantizationError, _compose_avgpool, _lower, _Term,
-                             decode_input, decode_logits, detect_input_levels, encode_input, export_lava,
-                             input_out_of_range, quantize_graph, quantize_model)
+from deploy.encoding import decode_input, encode_input, input_out_of_range
+from deploy.quantize import (QuantConfig, QuantizationError, _compose_avgpool, _lower, _Term, detect_input_levels,
+                             export_lava, quantize_graph, quantize_model)
 from export.from_model import build_graph
 from export.graph import fold_bn
 from export.run_graph import run_graph
@@ -158,7 +159,7 @@ def test_variants_quantise_validate_and_agree(variant, tmp_path):
     for v in layers.values():  # no systematic drift: the firing rates match closely
         assert abs(v["float_rate"] - v["int_rate"]) <= 0.02 + 0.05 * v["float_rate"]
     lf = run_graph(graph, x)[0].numpy()
-    li = decode_logits(net, run_intnet(net, encode_input(net, x)).logits_int)
+    li = net.decode_logits(run_intnet(net, encode_input(net, x)).logits_int)
     assert np.corrcoef(lf.ravel(), li.ravel())[0, 1] > 0.99
     assert r["top1_agreement"] >= 90.0
 
@@ -198,7 +199,7 @@ def test_stream_relay_without_scale_group_is_solved_with_the_head():
     assert report["layers"]["MS_SPS_out"]["group"] == report["layers"]["head_lif"]["group"] == "head_lif"
     x = _grid_images(32, 1)
     lf = run_graph(graph, x)[0].numpy()
-    li = decode_logits(net, run_intnet(net, encode_input(net, x)).logits_int)
+    li = net.decode_logits(run_intnet(net, encode_input(net, x)).logits_int)
     assert np.corrcoef(lf.ravel(), li.ravel())[0, 1] > 0.99
 
 

@@ -72,14 +72,13 @@ def integer_population_map(net: Any, graph: Graph, names: Iterable[str]) -> dict
 def integer_weight_masks(net: Any, graph: Graph) -> dict[str, np.ndarray]:
     """Graph conv/linear node -> which of its weights the integer network keeps non-zero (shape of the graph weight).
 
-    The quantiser names each synapse ``<term>[@<part>]-><population>`` with the term named after its graph node; a
-    weight counts as effective when any synapse that carries it (every hi/lo part, sign half and channel group, into
+    Each synapse records the graph node its weights came from (``Synapse.node``); a weight counts as effective when any synapse that carries it (every hi/lo part, sign half and channel group, into
     every reader of the stream) holds a non-zero integer. Synapses whose kernel is not the node's own (an avg-pool
     composed into the conv, a head averaged over tokens) are skipped: those nodes keep their float masks."""
     masks: dict[str, np.ndarray] = {}
     for s in net.synapses:
-        node_name = s.name.split("->")[0].split("@")[0]
-        if node_name not in graph or graph.node(node_name).op not in ("conv2d", "linear") or s.kind == "sparse":
+        node_name = s.node
+        if node_name is None or node_name not in graph or graph.node(node_name).op not in ("conv2d", "linear") or s.kind == "sparse":
             continue
         w = np.asarray(s.weight)
         shape = tuple(graph.node(node_name).params["weight"].shape)
@@ -93,8 +92,8 @@ def count_integer(net: Any, graph: Graph, counter: EnergyCounter, batches: Itera
                   total: int | None = None, progress: bool = False) -> tuple[Counts, dict[str, Any]]:
     """Run the integer network (reference executor) on the 8-bit encoded batches and count its executed spikes with
     the graph's fan-outs. The input node counts the encoded integers (a pixel that rounds to 0 triggers nothing)."""
+    from deploy.encoding import encode_input
     from deploy.executor import Executor
-    from deploy.quantize import encode_input
 
     mapping = integer_population_map(net, graph, counter.required)
     nodes_of: dict[str, list[str]] = {}
