@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import sdt  # noqa: E402
 from deploy.executor import Executor  # noqa: E402
 from deploy.intnet import IntNet  # noqa: E402
-from deploy.quantize import QuantConfig, encode_input, quantize  # noqa: E402
-from export.from_model import build_graph  # noqa: E402
+from deploy.encoding import encode_input  # noqa: E402
+from deploy.quantize import QuantConfig  # noqa: E402
 from sdt.malloc import malloc_regime  # noqa: E402
+from toolchain.pipeline import load  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------- timing
@@ -59,7 +60,7 @@ def _intnet_for(model: torch.nn.Module, x: torch.Tensor,
                 weight_terms: int = 2) -> tuple[IntNet, np.ndarray, dict[str, Any]]:
     """The quantiser's IntNet (``sdt-export --to lava`` defaults), the encoded input, and how long quantising took."""
     t0 = time.perf_counter()
-    net = quantize(build_graph(model), calib=x[:16], config=QuantConfig(weight_terms=weight_terms))
+    net, _ = load(model).network(QuantConfig(weight_terms=weight_terms), calib=x[:16])
     info = {"quantize_s": time.perf_counter() - t0, "weights": net.metadata["quantization"]["weights_nonzero"],
             "synapses": len(net.synapses), "populations": len(net.populations)}
     return net, encode_input(net, x), info

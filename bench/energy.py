@@ -32,8 +32,8 @@ import sdt  # noqa: E402
 from deploy.energy import EnergyCounter  # noqa: E402
 from deploy.energy.run import count_float, count_integer, integer_population_map  # noqa: E402
 from deploy.executor import Executor  # noqa: E402
-from deploy.quantize import encode_input, quantize_model  # noqa: E402
-from export.from_model import build_graph  # noqa: E402
+from deploy.encoding import encode_input  # noqa: E402
+from toolchain.pipeline import load  # noqa: E402
 from export.run_graph import run_graph  # noqa: E402
 from sdt.malloc import malloc_regime  # noqa: E402
 
@@ -63,13 +63,11 @@ def _checkpoint_case(path: str, samples: int) -> tuple[str, torch.nn.Module, lis
     """A trained checkpoint and the first ``samples`` test images of the data set it records, in batches of 32 (as
     ``sdt-energy`` reads them)."""
     from deploy.energy.run import take_batches
-    from deploy.energy_cli import _recorded
-    from sdt.checkpoint import read_checkpoint
     from sdt.data import create_dataset
+    from toolchain.pipeline import load
 
-    model = sdt.load_checkpoint(path).eval()
-    cfg = model.model_config
-    name = _recorded(read_checkpoint(path)).get("dataset")
+    src = load(path, strict=False)
+    model, cfg, name = src.model, src.model_config, src.dataset
     if not name:
         raise SystemExit(f"{path} records no data set")
     ds = create_dataset(str(name), None, "test", img_size=cfg["img_size_h"], T=cfg["T"])
@@ -142,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, model, xs in cases:
         x = xs[0]
         if args.integer:  # sdt-energy --integer: the quantised network on the reference executor
-            net, _, graph = quantize_model(model)
+            src = load(model)  # the front door sdt-energy --integer uses
+            net, graph = src.network()[0], src.graph()
             counter = EnergyCounter(graph)
             ex = Executor(net)
             mapping = integer_population_map(net, graph, counter.required)
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             def count_only(out=ex.run(encode_input(net, x), record=record).outputs) -> object:
                 return counter.count({n: out[p] for n, p in mapping.items()})
         else:
-            graph = build_graph(model)
+            graph = load(model).graph()
             counter = EnergyCounter(graph)
             recorded = run_graph(graph, x, record=counter.required)[1]
 

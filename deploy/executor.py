@@ -46,10 +46,11 @@ import torch
 import torch.nn.functional as F
 
 from deploy.fixed_point import (ACT_SHIFT, DECAY_SHIFT, U_WRAP_LIMIT, V_CLIP_LIMIT, VTH_SHIFT, OverflowCounters,
-                                 effective_bias, lif_step, lifreset_step, quantize_dense_weights, weight_shift)
+                                effective_bias, lif_step, lifreset_step, quantize_dense_weights, weight_shift)
 from deploy.intnet import IntNet, Population, Synapse
-from deploy.semantics import (BINARY_KINDS, GRADED_KINDS, ExecResult, conv_out_shape, conv_params, conv_to_sparse, input_ranges,
-                              pool_params, population_input_shape, synapse_matrix)
+from deploy.semantics import (BINARY_KINDS, GRADED_KINDS, ExecResult, conv_out_shape, conv_params, conv_to_sparse,
+                              input_ranges, pool_params, population_input_shape, synapse_matrix)
+from export.shapes import conv_out_hw
 
 __all__ = ["Executor", "run_intnet"]
 
@@ -271,8 +272,7 @@ def _plan(net: IntNet) -> list[_Pop]:
                 raise ValueError(f"edge {src!r}->{p.name!r}: shapes {net.population(src).shape} and {in_shape} differ")
         if p.kind == "maxpool":
             k, st, pa = pool_params(p)
-            c, h, w_ = in_shape
-            exp = (c, (h + 2 * pa[0] - k[0]) // st[0] + 1, (w_ + 2 * pa[1] - k[1]) // st[1] + 1)
+            exp = (in_shape[0], *conv_out_hw(in_shape[1:], k, st, pa))
             if tuple(p.shape) != exp:
                 raise ValueError(f"maxpool {p.name!r}: shape {tuple(p.shape)} but pooling {in_shape} gives {exp}")
         syns = _merge(syns)

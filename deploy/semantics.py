@@ -148,7 +148,8 @@ def weight_sums(kind: str, w: np.ndarray, n_dst: int, *, rows: np.ndarray | None
 
 
 def current_range(pos: np.ndarray, neg: np.ndarray, x_lo: int, x_hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(lo, hi)`` of ``W @ x`` per destination neuron for every ``x`` in ``[x_lo, x_hi]`` (from :func:`weight_sums`)."""
+    """``(lo, hi)`` of ``W @ x`` per destination neuron over every ``x`` in ``[x_lo, x_hi]`` (sums of
+    :func:`weight_sums`)."""
     return pos * x_lo + neg * x_hi, pos * x_hi + neg * x_lo
 
 

@@ -145,7 +145,7 @@ OP_TABLE: Mapping[str, OpSpec] = MappingProxyType({s.name: s for s in (
     OpSpec("erode", 1, "binary", _same, ("mode",), ("num_heads",), doc="DVS max filter of spikes"),
     OpSpec("add", 2, "graded", _same, doc="sum of two real tensors"),
     OpSpec("mean_tokens", 1, "graded", lambda n, x: (x[0][0],), doc="mean over the token grid"),
-    OpSpec("output", 1, "graded", lambda n, x: x[0], ("reduce",), doc="logits: mean over T or every step"),
+    OpSpec("output", 1, "graded", lambda n, x: x[0], (), ("reduce",), doc="logits: mean over T (default) or every step"),
 )})
 OPS = frozenset(OP_TABLE)
 BINARY_OPS = frozenset(n for n, s in OP_TABLE.items() if s.binary)  # ops whose output is 0/1 spikes
@@ -203,6 +203,10 @@ class Graph:
             for i in n.inputs:
                 if i not in index:
                     raise ValueError(f"node {n.name!r}: input {i!r} is not an earlier node (order must be topological)")
+            spec = OP_TABLE[n.op]
+            lacking = [k for k in spec.attrs if k not in n.attrs] + [k for k in spec.params if k not in n.params]
+            if lacking:
+                raise ValueError(f"node {n.name!r} ({n.op}) lacks {', '.join(lacking)}")
             try:
                 shape = infer_shape(n, [index[i].shape for i in n.inputs])
             except (ValueError, KeyError) as e:

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Mapping
 
 import nir
 import numpy as np
@@ -136,6 +136,48 @@ class _Step:
     current_as: str = ""        # record name of that current (the conv node whose BN the LIF carries)
 
 
+def _nested(name: str, node: nir.NIRGraph) -> Fn:
+    if EXTENSION_KEY in (node.metadata or {}):
+        return _extension(node)
+    raise UserError(f"nested NIR graph {name!r} is not an sdt extension; this reader runs flat graphs")
+
+
+def _affine(name: str, node: nir.Affine | nir.Linear) -> Fn:
+    w = _tensor(node.weight)
+    b = _tensor(node.bias) if isinstance(node, nir.Affine) else None
+    return lambda x: F.linear(x, w, b)
+
+
+def _scale(name: str, node: nir.Scale) -> Fn:
+    s = np.asarray(node.scale, np.float32)
+    if _uniform(s) and s.flat[0] == 1:
+        return lambda x: x  # a summing junction
+    st = _tensor(s)
+    return lambda x: x * st
+
+
+def _threshold(name: str, node: nir.Threshold) -> Fn:
+    thr = np.asarray(node.threshold, np.float32)
+    theta = _tensor(thr.flat[0]) if _uniform(thr) else _tensor(thr)
+    return lambda x: (x > theta).to(torch.float32)
+
+
+# NIR primitive -> handler(name, node) -> the step's function; one entry per primitive this reader runs
+NIR_HANDLERS: Mapping[type, Callable[[str, Any], Fn]] = {
+    nir.NIRGraph: _nested,
+    nir.Conv2d: lambda name, node: _conv2d(node),
+    nir.Affine: _affine,
+    nir.Linear: _affine,
+    nir.Scale: _scale,
+    nir.Threshold: _threshold,
+    nir.SumPool2d: lambda name, node: _sum_pool(node),
+    nir.AvgPool2d: lambda name, node: _avg_pool(node),
+    nir.Flatten: lambda name, node: _flatten(node),
+    nir.LIF: lambda name, node: (lambda x: x),  # replaced by _lif in _compile (the neuron keeps state)
+    nir.Output: lambda name, node: (lambda x: x),
+}
+
+
 class NIRProgram:
     """An executable NIR graph. ``run(x)`` -> ``(logits, tensors)``; see :meth:`run`."""
 
@@ -192,38 +234,11 @@ class NIRProgram:
         return inputs[0], outputs[0], steps
 
     def _fn(self, name: str, node: nir.NIRNode) -> Fn:
-        if isinstance(node, nir.NIRGraph):
-            if EXTENSION_KEY in (node.metadata or {}):
-                return _extension(node)
-            raise UserError(f"nested NIR graph {name!r} is not an sdt extension; this reader runs flat graphs")
-        if isinstance(node, nir.Conv2d):
-            return _conv2d(node)
-        if isinstance(node, (nir.Affine, nir.Linear)):
-            w = _tensor(node.weight)
-            b = _tensor(node.bias) if isinstance(node, nir.Affine) else None
-            return lambda x: F.linear(x, w, b)
-        if isinstance(node, nir.Scale):
-            s = np.asarray(node.scale, np.float32)
-            if _uniform(s) and s.flat[0] == 1:
-                return lambda x: x  # a summing junction
-            st = _tensor(s)
-            return lambda x: x * st
-        if isinstance(node, nir.Threshold):
-            thr = np.asarray(node.threshold, np.float32)
-            theta = _tensor(thr.flat[0]) if _uniform(thr) else _tensor(thr)
-            return lambda x: (x > theta).to(torch.float32)
-        if isinstance(node, nir.SumPool2d):
-            return _sum_pool(node)
-        if isinstance(node, nir.AvgPool2d):
-            return _avg_pool(node)
-        if isinstance(node, nir.Flatten):
-            return _flatten(node)
-        if isinstance(node, nir.LIF):
-            return lambda x: x  # replaced by _lif in _compile
-        if isinstance(node, nir.Output):
-            return lambda x: x
-        raise UserError(f"NIR node {name!r} has type {type(node).__name__}, which this reader does not run "
-                        "(files from export.nir_writer never contain it)")
+        handler = NIR_HANDLERS.get(type(node))
+        if handler is None:
+            raise UserError(f"NIR node {name!r} has type {type(node).__name__}, which this reader does not run "
+                            "(files from export.nir_writer never contain it)")
+        return handler(name, node)
 
     def _execute(self, x: torch.Tensor, wanted: set[str] | bool) -> tuple[torch.Tensor, Tensors]:
         values: dict[str, torch.Tensor] = {self._input: x}

@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import h5py
 import nir
@@ -37,7 +37,7 @@ import sdt
 from sdt.atomic import atomic_path
 from sdt.errors import UserError
 
-from .graph import Graph, Node, fold_bn as _fold
+from .graph import OPS, Graph, Node, check_handlers, fold_bn as _fold
 
 DT = 1e-4  # seconds per step, the convention of released NIR exporters; only tau = dt / decay depends on it
 FORMAT = "sdt-nir/1"
@@ -254,12 +254,17 @@ class _Builder:
                         sdt_source=n.source)
 
 
+# graph op -> the _Builder method that writes it (one method per op, named after the op; ``and_`` for ``and``)
+OP_HANDLERS: Mapping[str, Callable[[_Builder, Node], str]] = {
+    op: getattr(_Builder, m) for op in sorted(OPS) if hasattr(_Builder, m := "and_" if op == "and" else op)}
+check_handlers(__name__, OP_HANDLERS)
+
+
 def to_nir(graph: Graph, *, fold_bn: bool = False, dt: float = DT) -> nir.NIRGraph:
     """The type-checked ``nir.NIRGraph`` of ``graph`` (arrays may be read-only broadcast views)."""
     b = _Builder(graph, fold_bn, float(dt))
     for n in graph:
-        method = getattr(b, "and_" if n.op == "and" else n.op)
-        b.out_of[n.name] = method(n)
+        b.out_of[n.name] = OP_HANDLERS[n.op](b, n)
     meta = {
         "sdt_format": FORMAT,
         "sdt_version": sdt.__version__,

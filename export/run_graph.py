@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sdt.errors import UserError
 
 from . import kernels as K
-from .graph import Graph, Node
+from .graph import Graph, Node, check_handlers
 
 Tensors = dict[str, torch.Tensor]
 
@@ -34,6 +34,8 @@ def encode_input(x: torch.Tensor, shape: tuple[int, ...], T: int) -> torch.Tenso
                     f"T={T} times) or [B,{T},{dims}] (event frames)")
 
 
+# one handler per op: node -> a function of the node's input tensors (each ``[T, B, *shape]``)
+
 def _conv(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
     p, a = node.params, node.attrs
     w = torch.from_numpy(p["weight"].copy())
@@ -47,39 +49,60 @@ def _conv(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: K.per_frame(frame, x)
 
 
-def _op(node: Node) -> Callable[..., torch.Tensor]:
-    """A function of the node's input tensors (each ``[T, B, *shape]``)."""
-    op, a = node.op, node.attrs
-    if op == "conv2d":
-        return _conv(node)
-    if op == "linear":
-        w = torch.from_numpy(node.params["weight"].copy())
-        bias = torch.from_numpy(node.params["bias"].copy()) if "bias" in node.params else None
-        return lambda x: F.linear(x, w, bias)
-    if op == "lif":
-        decay = torch.tensor(a["decay"], dtype=torch.float32)
-        return lambda x: K.lif(x, decay, a["v_threshold"], v_reset=float(a.get("v_reset", 0.0)))
-    if op == "and":
-        return lambda p, q: p * q
-    if op == "add":
-        return lambda p, q: p + q
-    if op == "sum_tokens":
-        return lambda x: x.sum(dim=(3, 4), keepdim=True)
-    if op == "broadcast":
-        return lambda x: x.expand(*x.shape[:3], *a["grid"]).contiguous()
-    if op in ("maxpool_binary", "maxpool"):
-        return lambda x: K.per_frame(lambda z: F.max_pool2d(z, a["kernel_size"], a["stride"], a["padding"]), x)
-    if op == "avgpool":
-        return lambda x: K.per_frame(lambda z: F.avg_pool2d(z, a["kernel_size"], a["stride"], a["padding"]), x)
-    if op == "erode":
-        if a["mode"] == "spatial":
-            return K.erode_spatial
-        return lambda x: K.erode_heads(x, int(a["num_heads"]))
-    if op == "mean_tokens":
-        return lambda x: x.flatten(3).mean(3)  # the model's own reduction, same layout
-    if op == "output":
-        return lambda x: x
-    raise ValueError(f"no executor for op {op!r}")  # unreachable: Graph validates ops
+def _linear(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    w = torch.from_numpy(node.params["weight"].copy())
+    bias = torch.from_numpy(node.params["bias"].copy()) if "bias" in node.params else None
+    return lambda x: F.linear(x, w, bias)
+
+
+def _lif(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    a = node.attrs
+    decay = torch.tensor(a["decay"], dtype=torch.float32)
+    return lambda x: K.lif(x, decay, a["v_threshold"], v_reset=float(a.get("v_reset", 0.0)))
+
+
+def _maxpool(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    a = node.attrs
+    return lambda x: K.per_frame(lambda z: F.max_pool2d(z, a["kernel_size"], a["stride"], a["padding"]), x)
+
+
+def _avgpool(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    a = node.attrs
+    return lambda x: K.per_frame(lambda z: F.avg_pool2d(z, a["kernel_size"], a["stride"], a["padding"]), x)
+
+
+def _erode(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    if node.attrs["mode"] == "spatial":
+        return K.erode_spatial
+    return lambda x: K.erode_heads(x, int(node.attrs["num_heads"]))
+
+
+def _broadcast(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    grid = node.attrs["grid"]
+    return lambda x: x.expand(*x.shape[:3], *grid).contiguous()
+
+
+def _input(node: Node) -> Callable[..., torch.Tensor]:
+    raise AssertionError("the input node is encoded by run_graph")  # never called: see run_graph
+
+
+OP_HANDLERS: Mapping[str, Callable[[Node], Callable[..., torch.Tensor]]] = {
+    "input": _input,
+    "conv2d": _conv,
+    "linear": _linear,
+    "lif": _lif,
+    "and": lambda node: lambda p, q: p * q,
+    "add": lambda node: lambda p, q: p + q,
+    "sum_tokens": lambda node: lambda x: x.sum(dim=(3, 4), keepdim=True),
+    "broadcast": _broadcast,
+    "maxpool_binary": _maxpool,
+    "maxpool": _maxpool,
+    "avgpool": _avgpool,
+    "erode": _erode,
+    "mean_tokens": lambda node: lambda x: x.flatten(3).mean(3),  # the model's own reduction, same layout
+    "output": lambda node: lambda x: x,
+}
+check_handlers(__name__, OP_HANDLERS)
 
 
 def run_graph(graph: Graph, x: torch.Tensor, record: bool | Collection[str] = False,
@@ -103,7 +126,7 @@ def run_graph(graph: Graph, x: torch.Tensor, record: bool | Collection[str] = Fa
             if node.op == "input":
                 y = encode_input(x, node.shape, graph.T)
             else:
-                y = _op(node)(*(values[i] for i in node.inputs))
+                y = OP_HANDLERS[node.op](node)(*(values[i] for i in node.inputs))
                 for i in node.inputs:  # free intermediate results as soon as the last consumer ran
                     users[i] -= 1
                     if users[i] == 0 and (i not in wanted or on_record is not None):

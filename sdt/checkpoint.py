@@ -51,6 +51,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return dict(obj)
 
 
+def recorded_args(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The training arguments a checkpoint records (``args``: ours a dict, timm's an ``argparse.Namespace``)."""
+    args = ckpt.get("args")
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, Mapping) else {}
+
+
 def config_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     """The model config stored in a checkpoint: ours (``model_config``) or inferred from the official ``args``."""
     if isinstance(ckpt.get("model_config"), Mapping):
@@ -105,9 +113,12 @@ def load_checkpoint(path: str | os.PathLike, config: str | Mapping[str, Any] | N
     extra ``create_model`` kwargs (e.g. ``neuron_backend='cupy'``). Weights come from ``state_dict`` (else ``model``,
     timm/DeiT style); ``use_ema`` picks ``state_dict_ema`` (else ``model_ema``).
     """
-    from . import create_model
+    return model_from_checkpoint(read_checkpoint(path), path, config, use_ema, **overrides)
 
-    ckpt = read_checkpoint(path)
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike, config: str | Mapping[str, Any] | None = None,
+                          use_ema: bool = False, **overrides: Any) -> SpikeDrivenTransformer:
+    """:func:`load_checkpoint` on a checkpoint already read by :func:`read_checkpoint` (``path`` names it in errors)."""
     if config is None:
         kwargs = config_from_checkpoint(ckpt)
     elif isinstance(config, Mapping):
@@ -119,7 +130,7 @@ def load_checkpoint(path: str | os.PathLike, config: str | Mapping[str, Any] | N
     kwargs.update(overrides)
     state = clean_state_dict(_weights(ckpt, use_ema, path))
     try:
-        model = create_model(**kwargs)
+        model = SpikeDrivenTransformer(**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid model config in checkpoint: {e}") from None
     check_state_dict(model, state, source=str(path))
@@ -137,4 +148,4 @@ def save_checkpoint(path: str | os.PathLike, model: SpikeDrivenTransformer, **ex
 
 
 __all__ = ["SAFE_GLOBALS", "read_checkpoint", "config_from_checkpoint", "clean_state_dict", "check_state_dict",
-           "load_checkpoint", "save_checkpoint", "MODEL_ARGS"]
+           "load_checkpoint", "model_from_checkpoint", "recorded_args", "save_checkpoint", "MODEL_ARGS"]

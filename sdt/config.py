@@ -399,5 +399,6 @@ def model_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "spike_mode": spike_mode,
         "dvs_mode": dataset in DVS_MODE_DATASETS,
         "TET": tet,
-        "variant": variant,
+        # ours: present only when not the official architecture, so official configs give the official kwargs
+        **({"variant": variant} if variant != "official" else {}),
     }

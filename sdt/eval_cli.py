@@ -52,13 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _recorded_args(ckpt: dict[str, Any]) -> dict[str, Any]:
-    args = ckpt.get("args")
-    if isinstance(args, argparse.Namespace):
-        return vars(args)
-    return dict(args) if isinstance(args, dict) else {}
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, firing: bool = True,
              progress: bool = True) -> dict[str, Any]:
@@ -93,7 +86,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, firing: bool =
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import load_checkpoint
-    from .checkpoint import read_checkpoint
+    from .checkpoint import read_checkpoint, recorded_args
     from .data import dataset_info
     from .train.data import build_dataset, canonical_dataset
     from .train.distributed import pick_device
@@ -102,7 +95,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     ckpt = read_checkpoint(ckpt_path)
     model = load_checkpoint(ckpt_path, use_ema=args.use_ema)
     cfg = model.model_config
-    rec = _recorded_args(ckpt)
+    rec = recorded_args(ckpt)
     name = args.dataset or rec.get("dataset")
     if not name:
         raise UserError(f"{ckpt_path} records no dataset; pass --dataset NAME")

@@ -29,7 +29,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .errors import UserError
-from .neurons import SURROGATE_ALPHA
+from .surrogate import SURROGATE_ALPHA
 
 __all__ = ["lif_multistep_cupy", "lif_multistep_manual_bptt", "cupy_unavailable_reason", "CupyUnavailableError"]
 

@@ -8,21 +8,27 @@ fold time into batch, so BatchNorm statistics are shared over all time steps.
 Observation: pass ``hook={}`` to ``forward`` (or use :func:`observe`) to receive every named spike tensor under the
 official hook names (``MS_SPS_lif``, ``MS_SSA_Conv0_q_lif``, ``MS_MLP_Conv0_fc1_lif``, ``head_lif`` ...) plus the
 membrane-stream tensors (``MS_SPS_x_feat``, ``MS_SPS_out``, ``MS_SSA_Conv0_out``, ``MS_MLP_Conv0_out``, ``head_mean``).
+
+Graph export: every block's ``emit(b, x)``, written next to its ``forward``, describes the same data flow to a
+:class:`~sdt.graph_builder.GraphBuilder` (node names = the hook names above, else the official module paths). The
+decisions both need (hook names, which stages pool, where stage 3 pools) are small helpers used by both.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graph_builder import GraphBuilder
 from .neurons import MultiStepLIF, make_neuron
 
 Hook = dict[str, torch.Tensor] | None
 # "official": the released architecture. "nir_clean": SPS stage 3 pools spikes after the LIF and average-pools the
 # residual, so the whole network maps onto standard NIR primitives (our addition, not in the paper).
 VARIANTS = ("official", "nir_clean")
+X_FEAT_POOL = 2  # nir_clean: window (= stride) of the average pool of the SPS stage-3 residual
 
 # Arguments the official constructor accepts and ignores (kept so official call sites work unchanged).
 INERT_ARGS = ("patch_size", "qkv_bias", "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate", "norm_layer",
@@ -30,7 +36,7 @@ INERT_ARGS = ("patch_size", "qkv_bias", "qk_scale", "drop_rate", "attn_drop_rate
               "drop_block_rate")
 
 
-def _seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _seq(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Apply a per-frame module to ``[T, B, ...]`` by folding T into the batch."""
     t, b = x.shape[:2]
     y = module(x.flatten(0, 1))
@@ -56,6 +62,9 @@ class Erode(nn.Module):
 class MS_SPS(nn.Module):
     """Spiking patch splitting stem: 4 conv-BN-LIF stages (+ optional max-pools) and the RPE conv."""
 
+    STAGES = ("", "1", "2")  # module-name suffixes of the conv-BN-LIF(-max-pool) stages before stage 3
+    path = "patch_embed"  # module path in the model: prefix of the graph's node names
+
     def __init__(self, img_size_h: int = 128, img_size_w: int = 128, patch_size: int = 4, in_channels: int = 2,
                  embed_dims: int = 256, pooling_stat: str = "1111", spike_mode: str = "lif",
                  neuron_backend: str = "torch", variant: str = "official") -> None:
@@ -65,8 +74,7 @@ class MS_SPS(nn.Module):
         self.variant = variant
         d = embed_dims
         widths = [in_channels, d // 8, d // 4, d // 2, d]
-        suffixes = ["", "1", "2", "3"]
-        for i, sfx in enumerate(suffixes):
+        for i, sfx in enumerate((*self.STAGES, "3")):
             setattr(self, f"proj_conv{sfx}", nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False))
             setattr(self, f"proj_bn{sfx}", nn.BatchNorm2d(widths[i + 1]))
             setattr(self, f"proj_lif{sfx}", make_neuron(spike_mode, backend=neuron_backend))
@@ -76,31 +84,75 @@ class MS_SPS(nn.Module):
         self.rpe_bn = nn.BatchNorm2d(d)
         self.rpe_lif = make_neuron(spike_mode, backend=neuron_backend)  # built but never called (official)
 
+    @staticmethod
+    def hook_name(part: str) -> str:
+        return f"MS_SPS_{part}"
+
+    def pools(self, stage: int) -> bool:
+        """Whether stage ``stage`` (0-3) max-pools (``pooling_stat``)."""
+        return self.pooling_stat[stage] == "1"
+
+    @property
+    def stage3_pool(self) -> str:
+        """Where stage 3 pools: 'none'; 'before_lif' (official: max-pool of the real BN output); 'after_lif'
+        (nir_clean: max-pool of the spikes, residual average-pooled, so every op is a standard NIR primitive)."""
+        if not self.pools(3):
+            return "none"
+        return "after_lif" if self.variant == "nir_clean" else "before_lif"
+
     def forward(self, x: torch.Tensor, hook: Hook = None) -> torch.Tensor:
-        for i, sfx in enumerate(["", "1", "2"]):
+        for i, sfx in enumerate(self.STAGES):
             x = _seq(getattr(self, f"proj_bn{sfx}"), _seq(getattr(self, f"proj_conv{sfx}"), x))
             x = getattr(self, f"proj_lif{sfx}")(x)
-            _record(hook, f"MS_SPS_lif{sfx}", x)
-            if self.pooling_stat[i] == "1":
+            _record(hook, self.hook_name(f"lif{sfx}"), x)
+            if self.pools(i):
                 x = _seq(getattr(self, f"maxpool{sfx}"), x)  # on binary spikes: an OR
         x = _seq(self.proj_bn3, _seq(self.proj_conv3, x))
-        if self.variant == "nir_clean" and self.pooling_stat[3] == "1":
-            # NIR-clean variant: spikes are max-pooled (a binary OR) and the residual is average-pooled, so every
-            # operation has a standard NIR primitive (the official real-valued max-pool has none).
-            x_feat = F.avg_pool2d(x.flatten(0, 1), 2, 2).reshape(*x.shape[:3], x.shape[3] // 2, x.shape[4] // 2)
+        stage3 = self.stage3_pool
+        if stage3 == "after_lif":
+            x_feat = _seq(lambda z: F.avg_pool2d(z, X_FEAT_POOL, X_FEAT_POOL), x)
             x = self.proj_lif3(x)
-            _record(hook, "MS_SPS_lif3_prepool", x)
+            _record(hook, self.hook_name("lif3_prepool"), x)
             x = _seq(self.maxpool3, x)
         else:
-            if self.pooling_stat[3] == "1":
-                x = _seq(self.maxpool3, x)  # official: on the real-valued BN output, before the LIF
+            if stage3 == "before_lif":
+                x = _seq(self.maxpool3, x)
             x_feat = x
             x = self.proj_lif3(x)
-        _record(hook, "MS_SPS_x_feat", x_feat)
-        _record(hook, "MS_SPS_lif3", x)
+        _record(hook, self.hook_name("x_feat"), x_feat)
+        _record(hook, self.hook_name("lif3"), x)
         x = _seq(self.rpe_bn, _seq(self.rpe_conv, x)) + x_feat  # float membrane stream; rpe_lif is not applied
-        _record(hook, "MS_SPS_out", x)
+        _record(hook, self.hook_name("out"), x)
         return x
+
+    def emit(self, b: GraphBuilder, x: str) -> str:
+        """:meth:`forward` as graph nodes."""
+        p, name = self.path, self.hook_name
+        for i, sfx in enumerate(self.STAGES):
+            x = b.conv(f"{p}.proj_conv{sfx}", x, getattr(self, f"proj_conv{sfx}"), getattr(self, f"proj_bn{sfx}"),
+                       f"{p}.proj_bn{sfx}")
+            x = b.hook(name(f"lif{sfx}"), b.lif(name(f"lif{sfx}"), x, getattr(self, f"proj_lif{sfx}"),
+                                                f"{p}.proj_lif{sfx}"))
+            if self.pools(i):
+                x = b.maxpool(f"{p}.maxpool{sfx}", "maxpool_binary", x, getattr(self, f"maxpool{sfx}"),
+                              f"{p}.maxpool{sfx}")
+        x = b.conv(f"{p}.proj_conv3", x, self.proj_conv3, self.proj_bn3, f"{p}.proj_bn3")
+        stage3 = self.stage3_pool
+        if stage3 == "after_lif":
+            k = (X_FEAT_POOL, X_FEAT_POOL)
+            x_feat = b.op(f"{p}.x_feat_pool", "avgpool", (x,), f"{p} (nir_clean avg_pool2d)", kernel_size=k, stride=k,
+                          padding=(0, 0))
+            x = b.hook(name("lif3_prepool"), b.lif(name("lif3_prepool"), x, self.proj_lif3, f"{p}.proj_lif3"))
+            x = b.maxpool(name("lif3"), "maxpool_binary", x, self.maxpool3, f"{p}.maxpool3")
+        else:
+            if stage3 == "before_lif":
+                x = b.maxpool(f"{p}.maxpool3", "maxpool", x, self.maxpool3, f"{p}.maxpool3")
+            x_feat = x
+            x = b.lif(name("lif3"), x, self.proj_lif3, f"{p}.proj_lif3")
+        b.hook(name("x_feat"), x_feat)
+        b.hook(name("lif3"), x)
+        x = b.conv(f"{p}.rpe_conv", x, self.rpe_conv, self.rpe_bn, f"{p}.rpe_bn")
+        return b.hook(name("out"), b.op(name("out"), "add", (x, x_feat), f"{p} (rpe + x_feat)"))
 
 
 class MS_SSA_Conv(nn.Module):
@@ -142,35 +194,68 @@ class MS_SSA_Conv(nn.Module):
         return x.flatten(3).transpose(-1, -2).reshape(t, b, -1, self.num_heads, c // self.num_heads).permute(
             0, 1, 3, 2, 4)
 
+    @property
+    def path(self) -> str:
+        return f"block.{self.layer}.attn"
+
+    def hook_name(self, part: str) -> str:
+        return f"MS_SSA_Conv{self.layer}_{part}"
+
     def forward(self, x: torch.Tensor, hook: Hook = None) -> torch.Tensor:
         t, b, c, h, w = x.shape
         identity = x
-        name = f"MS_SSA_Conv{self.layer}"
+        name = self.hook_name
         x = self.shortcut_lif(x)
-        _record(hook, f"{name}_first_lif", x)
+        _record(hook, name("first_lif"), x)
         q = self.q_lif(_seq(self.q_bn, _seq(self.q_conv, x)))
-        _record(hook, f"{name}_q_lif", q)
+        _record(hook, name("q_lif"), q)
         k = self.k_lif(_seq(self.k_bn, _seq(self.k_conv, x)))
         v = self.v_lif(_seq(self.v_bn, _seq(self.v_conv, x)))
         if self.dvs:
             k, v = self.pool(k), self.pool(v)
-        _record(hook, f"{name}_k_lif", k)
-        _record(hook, f"{name}_v_lif", v)
+        _record(hook, name("k_lif"), k)
+        _record(hook, name("v_lif"), v)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         kv = k.mul(v)
-        _record(hook, f"{name}_kv_before", kv)
+        _record(hook, name("kv_before"), kv)
         if self.dvs:
             kv = self.pool(kv)
         kv = self.talking_heads_lif(kv.sum(dim=-2, keepdim=True))
-        _record(hook, f"{name}_kv", kv)
+        _record(hook, name("kv"), kv)
         y = q.mul(kv)
         if self.dvs:
             y = self.pool(y)
         y = y.transpose(3, 4).reshape(t, b, c, h, w).contiguous()
-        _record(hook, f"{name}_x_after_qkv", y)
+        _record(hook, name("x_after_qkv"), y)
         x = _seq(self.proj_bn, _seq(self.proj_conv, y)) + identity
-        _record(hook, f"{name}_out", x)
+        _record(hook, name("out"), x)
         return x
+
+    def emit(self, b: GraphBuilder, x: str) -> str:
+        """:meth:`forward` as graph nodes (the tensors forward holds in its head layout are hooked as 'heads')."""
+        p, name = self.path, self.hook_name
+        identity = x
+        s = b.hook(name("first_lif"), b.lif(name("first_lif"), x, self.shortcut_lif, f"{p}.shortcut_lif"))
+        qkv = {}
+        for n in "qkv":
+            x = b.conv(f"{p}.{n}_conv", s, getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn"), f"{p}.{n}_bn")
+            eroded = self.dvs and n != "q"  # the hook name goes to the last node of the branch
+            x = b.lif(f"{p}.{n}_lif" if eroded else name(f"{n}_lif"), x, getattr(self, f"{n}_lif"), f"{p}.{n}_lif")
+            if eroded:
+                x = b.op(name(f"{n}_lif"), "erode", (x,), f"{p}.pool", mode="spatial")
+            qkv[n] = b.hook(name(f"{n}_lif"), x)
+        kv = b.hook(name("kv_before"), b.op(name("kv_before"), "and", (qkv["k"], qkv["v"]), f"{p} (k * v)"), "heads")
+        if self.dvs:
+            kv = b.op(f"{p}.kv_pool", "erode", (kv,), f"{p}.pool", mode="heads", num_heads=self.num_heads)
+        kv = b.op(f"{p}.kv_sum", "sum_tokens", (kv,), f"{p} (sum over tokens)")
+        kv = b.hook(name("kv"), b.lif(name("kv"), kv, self.talking_heads_lif, f"{p}.talking_heads_lif"), "heads")
+        kv = b.op(f"{p}.kv_broadcast", "broadcast", (kv,), f"{p} (broadcast over tokens)", grid=b.shape(s)[1:])
+        y = b.op(f"{p}.qkv" if self.dvs else name("x_after_qkv"), "and", (qkv["q"], kv), f"{p} (q * kv)")
+        if self.dvs:
+            y = b.op(name("x_after_qkv"), "erode", (y,), f"{p}.pool", mode="heads", num_heads=self.num_heads)
+        b.hook(name("x_after_qkv"), y)
+        x = b.conv(f"{p}.proj_conv", y, self.proj_conv, self.proj_bn, f"{p}.proj_bn")
+        return b.hook(name("out"), b.op(name("out"), "add", (x, identity), f"{p} (membrane shortcut)"))
 
 
 class MS_MLP_Conv(nn.Module):
@@ -192,20 +277,39 @@ class MS_MLP_Conv(nn.Module):
         self.c_hidden = hidden_features
         self.c_output = out_features
 
+    @property
+    def path(self) -> str:
+        return f"block.{self.layer}.mlp"
+
+    def hook_name(self, part: str) -> str:
+        return f"MS_MLP_Conv{self.layer}_{part}"
+
     def forward(self, x: torch.Tensor, hook: Hook = None) -> torch.Tensor:
         identity = x
-        name = f"MS_MLP_Conv{self.layer}"
+        name = self.hook_name
         x = self.fc1_lif(x)
-        _record(hook, f"{name}_fc1_lif", x)
+        _record(hook, name("fc1_lif"), x)
         x = _seq(self.fc1_bn, _seq(self.fc1_conv, x))
         if self.res:  # only when mlp_ratio == 1 (official inner residual)
             x = identity + x
             identity = x
         x = self.fc2_lif(x)
-        _record(hook, f"{name}_fc2_lif", x)
+        _record(hook, name("fc2_lif"), x)
         x = _seq(self.fc2_bn, _seq(self.fc2_conv, x)) + identity
-        _record(hook, f"{name}_out", x)
+        _record(hook, name("out"), x)
         return x
+
+    def emit(self, b: GraphBuilder, x: str) -> str:
+        """:meth:`forward` as graph nodes."""
+        p, name = self.path, self.hook_name
+        identity = x
+        s = b.hook(name("fc1_lif"), b.lif(name("fc1_lif"), x, self.fc1_lif, f"{p}.fc1_lif"))
+        h = b.conv(f"{p}.fc1_conv", s, self.fc1_conv, self.fc1_bn, f"{p}.fc1_bn")
+        if self.res:
+            h = identity = b.op(f"{p}.hidden", "add", (h, identity), f"{p} (inner shortcut)")
+        s = b.hook(name("fc2_lif"), b.lif(name("fc2_lif"), h, self.fc2_lif, f"{p}.fc2_lif"))
+        h = b.conv(f"{p}.fc2_conv", s, self.fc2_conv, self.fc2_bn, f"{p}.fc2_bn")
+        return b.hook(name("out"), b.op(name("out"), "add", (h, identity), f"{p} (membrane shortcut)"))
 
 
 class MS_Block_Conv(nn.Module):
@@ -221,6 +325,10 @@ class MS_Block_Conv(nn.Module):
 
     def forward(self, x: torch.Tensor, hook: Hook = None) -> torch.Tensor:
         return self.mlp(self.attn(x, hook=hook), hook=hook)
+
+    def emit(self, b: GraphBuilder, x: str) -> str:
+        """:meth:`forward` as graph nodes."""
+        return self.mlp.emit(b, self.attn.emit(b, x))
 
 
 class SpikeDrivenTransformer(nn.Module):
@@ -306,12 +414,28 @@ class SpikeDrivenTransformer(nn.Module):
         _record(hook, "head_mean", x)
         return x
 
+    def emit_features(self, b: GraphBuilder, x: str) -> str:
+        """:meth:`forward_features` as graph nodes, from the encoded input node ``x``."""
+        x = self.patch_embed.emit(b, x)
+        for blk in self.block:
+            x = blk.emit(b, x)
+        return b.hook("head_mean", b.op("head_mean", "mean_tokens", (x,), "forward_features (mean)"))
+
     def forward(self, x: torch.Tensor, hook: Hook = None) -> torch.Tensor:
         x = self.forward_features(self.encode(x), hook=hook)
         x = self.head_lif(x)
         _record(hook, "head_lif", x)
         x = self.head(x)
         return x if self.TET else x.mean(0)
+
+    def emit(self, b: GraphBuilder, x: str) -> str:
+        """:meth:`forward` as graph nodes, from the encoded input node ``x`` to the ``output`` node (returned)."""
+        x = b.hook("head_lif", b.lif("head_lif", self.emit_features(b, x), self.head_lif, "head_lif"))
+        if isinstance(self.head, nn.Linear):  # else nn.Identity (num_classes 0)
+            x = b.linear("head", x, self.head, "head")
+        if self.TET:
+            return b.op("output", "output", (x,), "forward (TET)", reduce="none")
+        return b.op("output", "output", (x,), "forward (mean over T)", reduce="mean")
 
 
 MEMBRANE_TENSORS = ("_x_feat", "_out", "head_mean")

@@ -18,8 +18,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .surrogate import SURROGATE_ALPHA
+
 BACKENDS = ("torch", "spikingjelly", "cupy")
-SURROGATE_ALPHA = 4.0
 
 
 class SigmoidSpike(torch.autograd.Function):

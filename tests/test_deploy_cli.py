@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deploy.cli import main
+from toolchain.deploy_cli import main
 from deploy.intnet import load
 from sdt.checkpoint import save_checkpoint
 from tests.conftest import tiny_model

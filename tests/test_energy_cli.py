@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deploy.energy_cli import main
+from toolchain.energy_cli import main
 from sdt.checkpoint import save_checkpoint
 
 from .conftest import tiny_model

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import cli
+from toolchain import export_cli as cli
 from export import onnx_writer as ow
 from sdt.checkpoint import save_checkpoint
 from tests.conftest import tiny_model
@@ -222,9 +222,9 @@ def test_default_output_names():
 
 
 def test_console_entry_point(official):
-    # a real process, through `python -m export.cli` (the console script calls the same main)
+    # a real process, through `python -m toolchain.export_cli` (the console script calls the same main)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "export.cli", str(official), "--to", "nir"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "toolchain.export_cli", str(official), "--to", "nir"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert official.with_name("model_best.nir").is_file() and "edges" in proc.stdout

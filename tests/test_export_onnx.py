@@ -12,8 +12,8 @@ import torch
 import sdt
 from export import onnx_writer as ow
 from export.from_model import build_graph
-from export.onnx_writer import (OnnxProgram, spike_nodes, to_onnx, validate_against_model, validate_onnx,
-                                write_onnx)
+from export.onnx_writer import OnnxProgram, to_onnx, validate_onnx, write_onnx
+from export.validate import random_inputs, spike_nodes, validate_against_model
 from export.run_graph import hooks_in_graph_layout, run_graph
 from sdt.errors import UserError
 from tests.conftest import tiny_model
@@ -36,7 +36,7 @@ def _session(path) -> ort.InferenceSession:
 
 
 def _plain_inputs(graph, n: int, seed: int) -> torch.Tensor:
-    return ow.random_inputs(graph, n, seed)
+    return random_inputs(graph, n, seed)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

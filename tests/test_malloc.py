@@ -45,7 +45,7 @@ def test_pin_malloc_is_idempotent():
     assert pin_malloc() is first
 
 
-@pytest.mark.parametrize("module", ["deploy.energy_cli", "deploy.cli", "sdt.eval_cli"])
+@pytest.mark.parametrize("module", ["toolchain.energy_cli", "toolchain.deploy_cli", "sdt.eval_cli"])
 def test_cpu_heavy_clis_pin_malloc(module, monkeypatch, capsys):
     import importlib
 

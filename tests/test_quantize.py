@@ -20,17 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from deploy.agreement import compare
+from deploy.encoding import decode_input, encode_input, input_out_of_range
 from deploy.executor import run_intnet
-from deploy.semantics import synapse_matrix
 from deploy.fixed_point import V_CLIP_LIMIT, quantize_dense_weights
 from deploy.intnet import IntNet, load, save
-from deploy.encoding import decode_input, encode_input, input_out_of_range
-from deploy.quantize import (QuantConfig, QuantizationError, _compose_avgpool, _lower, _Term, detect_input_levels,
-                             export_lava, quantize_graph, quantize_model)
+from deploy.lowering import _compose_avgpool, _lower, _Term
+from deploy.quantize import QuantConfig, QuantizationError, detect_input_levels, quantize_graph, quantize_model
+from deploy.semantics import synapse_matrix
 from export.from_model import build_graph
 from export.graph import fold_bn
 from export.run_graph import run_graph
 from tests.conftest import tiny_model
+from toolchain.targets import export_lava
 
 VARIANTS = {
     "official-0011": dict(),

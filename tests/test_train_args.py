@@ -97,7 +97,7 @@ def test_variant_flag_and_config_key(tmp_path):
     args, _ = parse_args(["--variant", "nir_clean"])
     assert model_kwargs({**vars(args), "dataset": args.dataset})["variant"] == "nir_clean"
     args, _ = parse_args([])
-    assert model_kwargs({**vars(args), "dataset": args.dataset})["variant"] == "official"  # the official default
+    assert "variant" not in model_kwargs({**vars(args), "dataset": args.dataset})  # the official architecture
     path = tmp_path / "c.yml"
     path.write_text("dim: 16\nnum_heads: 2\nimg_size: 8\nvariant: nir_clean\n")
     args, warnings = parse_args(["-c", str(path)])

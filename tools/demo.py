@@ -31,9 +31,9 @@ BIN = Path(sys.executable).parent
 
 def _tool(name: str) -> list[str]:
     exe = BIN / name
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", {"sdt-eval": "sdt.eval_cli", "sdt-export":
-                                                                    "export.cli", "sdt-deploy": "deploy.cli",
-                                                                    "sdt-energy": "deploy.energy_cli"}[name]]
+    module = {"sdt-eval": "sdt.eval_cli", "sdt-export": "toolchain.export_cli", "sdt-deploy": "toolchain.deploy_cli",
+              "sdt-energy": "toolchain.energy_cli"}[name]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
 
 def run_stage(title: str, cmd: list[str], log: Path) -> float:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from .analytic import ann_counts, attention_blocks, paper_rate_source, paper_sdsa_ops, paper_vs_exact
 from .constants import CONSTANTS, INTNET_WIDTHS, ByteWidths, Constant, constant, sram_pj_per_byte
 from .counter import Counts, EnergyCounter, NodeCounts, binary_nodes
-from .report import analyze, render_html, render_markdown, write_report
+from .analysis import analyze
+from .report import render_html, render_markdown, write_report
 from .tiers import TIERS, break_even, mean_firing_rate, paper_energy, price
 
 __all__ = ["EnergyCounter", "Counts", "NodeCounts", "binary_nodes", "CONSTANTS", "Constant", "constant",

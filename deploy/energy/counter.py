@@ -29,12 +29,12 @@ from __future__ import annotations
 import time
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from export.graph import Graph, Node
+from export.graph import BINARY_OPS, Graph, Node, check_handlers
 from sdt.errors import UserError
 
 from .constants import INTNET_WIDTHS, ByteWidths
@@ -293,9 +293,35 @@ def binary_nodes(graph: Graph) -> set[str]:
     """Nodes whose output is a 0/1 spike tensor by the op semantics (the input is decided per batch)."""
     out: set[str] = set()
     for n in graph:
-        if n.op in ("lif", "and", "maxpool_binary", "erode") or (n.op == "broadcast" and n.inputs[0] in out):
+        if n.op in BINARY_OPS or (n.op == "broadcast" and n.inputs[0] in out):
             out.add(n.name)
     return out
+
+
+@dataclass
+class _NodeCtx:
+    """What one node's count handler reads (the run's sums, the node's inputs) and fills (``q``, ``driven``, ...)."""
+
+    g: Graph
+    T: int
+    wb: Any
+    numel: float
+    sums: Mapping[str, Mapping[tuple[str, str], np.ndarray]]
+    B: int
+    input_binary: bool
+    in_nodes: list[Node]
+    in_binary: list[bool]
+    numels: Mapping[str, float]
+    kind: str = "stream"
+    q: dict[str, np.ndarray] = field(default_factory=dict)
+    driven: set[str] = field(default_factory=set)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def const(self, v: float) -> np.ndarray:  # the same value at every step and sample: a read-only broadcast view
+        return np.broadcast_to(np.float64(v), (self.T, self.B))
+
+    def graded_read(self, src: Node) -> np.ndarray:
+        return self.const(self.numels[src.name] * self.wb.graded)
 
 
 class EnergyCounter:
@@ -341,7 +367,7 @@ class EnergyCounter:
             return maps.setdefault(src, [])
 
         for node in g:
-            if node.op in ("lif", "and", "maxpool_binary", "erode"):
+            if node.op in BINARY_OPS:
                 need(node.name)
             if node.op in SYNAPTIC:
                 src = g.node(node.inputs[0])
@@ -467,117 +493,120 @@ class EnergyCounter:
 
     def _node_counts(self, node: Node, sums: Mapping[str, Mapping[tuple[str, str], np.ndarray]], B: int,
                      input_binary: bool) -> NodeCounts:
-        g, T, wb = self.graph, self.graph.T, self.widths
-        numel = self._numel[node.name]
-
-        def const(v: float) -> np.ndarray:  # the same value at every step and sample: a read-only broadcast view
-            return np.broadcast_to(np.float64(v), (T, B))
-        q: dict[str, np.ndarray] = {}
-        driven: set[str] = set()
-        attrs: dict[str, Any] = {}
-        kind = "stream"
+        g = self.graph
         in_nodes = [g.node(i) for i in node.inputs]
-        in_binary = [i.name in self.binary for i in in_nodes]
+        c = _NodeCtx(g, g.T, self.widths, self._numel[node.name], sums, B, input_binary, in_nodes,
+                     [i.name in self.binary for i in in_nodes], self._numel)
+        OP_HANDLERS[node.op](self, node, c)
+        return NodeCounts(node.name, node.op, c.kind, c.q, frozenset(c.driven), c.attrs)
 
-        def graded_read(src: Node) -> np.ndarray:
-            return const(self._numel[src.name] * wb.graded)
+    def _count_input(self, node: Node, c: _NodeCtx) -> None:
+        c.kind = "input"
+        c.q["nonzero"] = c.sums[node.name][("", "nnz")]
 
-        if node.op == "input":
-            kind = "input"
-            q["nonzero"] = sums[node.name][("", "nnz")]
-        elif node.op in SYNAPTIC:
-            src = in_nodes[0]
-            s = sums[src.name]
-            syn, eff, nnz = s[(node.name, "syn")], s[(node.name, "eff")], s[("", "nnz")]
-            spiking = in_binary[0] or (src.op == "input" and input_binary)
-            zero = np.zeros_like(syn)
-            kind = "ac" if spiking else "mac"
-            q["ac"], q["ac_eff"] = (syn, eff) if spiking else (zero, zero)
-            q["mac"], q["mac_eff"] = (zero, zero) if spiking else (syn, eff)
-            static = src.op == "input" and self.static_input_once
-            if static:
-                steps = np.zeros((T, B))
-                steps[0] = 1.0
-            else:
-                steps = const(1.0)
-            q["dense"] = steps * self._dense_per_step[node.name]
-            q["in_events"] = nnz
-            has_bias = "bias" in node.params or "bn_scale" in node.params
-            q["bias_adds"] = steps * (numel if has_bias else 0.0)
-            q["weight_bytes"] = syn * wb.weight
-            q["accum_bytes"] = syn * 2 * wb.state
-            q["io_read_bytes"] = nnz * wb.event if spiking else steps * (self._numel[src.name] * wb.graded)
-            if in_binary[0]:
-                driven |= {"ac", "ac_eff", "in_events", "weight_bytes", "accum_bytes", "io_read_bytes"}
-            attrs.update(input=src.name, flops=self.flops[node.name], flops_valid=self.flops_valid[node.name],
-                         static_input=static, spiking_input=spiking)
-        elif node.op == "lif":
-            kind = "neuron"
-            q["neuron_updates"] = const(numel)
-            q["spikes"] = self._nnz(node.name, sums, B)
-            q["membrane_bytes"] = const(numel * 2 * wb.state)
-            q["io_read_bytes"] = graded_read(in_nodes[0])
-            q["io_write_bytes"] = q["spikes"] * wb.event
-            driven |= {"spikes", "io_write_bytes"}
-            decay = float(node.attrs["decay"])
-            attrs.update(decay=decay, leak_is_shift=bool(decay == 1.0 or np.log2(decay).is_integer()),
-                         v_threshold=float(node.attrs["v_threshold"]))
-        elif node.op == "and":
-            kind = "mask" if any(i.op == "broadcast" for i in in_nodes) else "and"
-            q["in_events"] = sum(self._nnz(i.name, sums, B) for i in in_nodes)
-            q["spikes"] = self._nnz(node.name, sums, B)
-            q["gate_updates"] = const(numel)  # dense: one gate evaluation per element (a neuron on a chip)
-            q["io_read_bytes"] = q["in_events"] * wb.event
-            q["io_write_bytes"] = q["spikes"] * wb.event
-            driven |= {"in_events", "spikes", "io_read_bytes", "io_write_bytes"}
-        elif node.op == "sum_tokens":
-            kind = "colsum"
-            nnz_in = self._nnz(in_nodes[0].name, sums, B) if in_binary[0] else const(self._numel[in_nodes[0].name])
-            q["colsum_adds"] = nnz_in
-            q["dense"] = const(self._numel[in_nodes[0].name] - numel)
-            q["io_read_bytes"] = nnz_in * wb.event
-            q["io_write_bytes"] = const(numel * wb.graded)
-            if in_binary[0]:
-                driven |= {"colsum_adds", "io_read_bytes"}
-        elif node.op == "broadcast":
-            kind = "mask"
-            q["spikes"] = self._nnz(node.name, sums, B)
-            driven.add("spikes")
-        elif node.op in POOL_BINARY:
-            kind = "pool"
-            src = in_nodes[0]
-            q["or_writes"] = sums[src.name][(node.name, "pool")]
-            q["compares"] = const(self._pool_compares[node.name])
-            q["gate_updates"] = const(numel)
-            q["spikes"] = self._nnz(node.name, sums, B)
-            q["io_read_bytes"] = self._nnz(src.name, sums, B) * wb.event
-            q["io_write_bytes"] = q["spikes"] * wb.event
-            driven |= {"or_writes", "spikes", "io_read_bytes", "io_write_bytes"}
-        elif node.op == "maxpool":
-            kind = "pool"
-            q["compares"] = const(self._pool_compares[node.name])
-            q["io_read_bytes"] = graded_read(in_nodes[0])
-            q["io_write_bytes"] = const(numel * wb.graded)
-        elif node.op == "avgpool":
-            q["adds"] = const(self._pool_compares[node.name])
-            q["mults"] = const(numel)
-            q["io_read_bytes"] = graded_read(in_nodes[0])
-            q["io_write_bytes"] = const(numel * wb.graded)
-        elif node.op == "add":
-            q["adds"] = const(numel)
-            q["io_read_bytes"] = sum(graded_read(i) for i in in_nodes)
-            q["io_write_bytes"] = const(numel * wb.graded)
-        elif node.op == "mean_tokens":
-            n_in = self._numel[in_nodes[0].name]
-            q["adds"] = const(n_in - numel)
-            q["mults"] = const(numel)
-            q["io_read_bytes"] = graded_read(in_nodes[0])
-            q["io_write_bytes"] = const(numel * wb.graded)
-        elif node.op == "output":
-            kind = "readout"
-            q["adds"] = const(numel)  # logits accumulated over the T steps (the 1/T scale does not change argmax)
-            q["io_read_bytes"] = graded_read(in_nodes[0])
-        return NodeCounts(node.name, node.op, kind, q, frozenset(driven), attrs)
+    def _count_synaptic(self, node: Node, c: _NodeCtx) -> None:
+        src = c.in_nodes[0]
+        s = c.sums[src.name]
+        syn, eff, nnz = s[(node.name, "syn")], s[(node.name, "eff")], s[("", "nnz")]
+        spiking = c.in_binary[0] or (src.op == "input" and c.input_binary)
+        zero = np.zeros_like(syn)
+        c.kind = "ac" if spiking else "mac"
+        c.q["ac"], c.q["ac_eff"] = (syn, eff) if spiking else (zero, zero)
+        c.q["mac"], c.q["mac_eff"] = (zero, zero) if spiking else (syn, eff)
+        static = src.op == "input" and self.static_input_once
+        if static:
+            steps = np.zeros((c.T, c.B))
+            steps[0] = 1.0
+        else:
+            steps = c.const(1.0)
+        c.q["dense"] = steps * self._dense_per_step[node.name]
+        c.q["in_events"] = nnz
+        has_bias = "bias" in node.params or "bn_scale" in node.params
+        c.q["bias_adds"] = steps * (c.numel if has_bias else 0.0)
+        c.q["weight_bytes"] = syn * c.wb.weight
+        c.q["accum_bytes"] = syn * 2 * c.wb.state
+        c.q["io_read_bytes"] = nnz * c.wb.event if spiking else steps * (self._numel[src.name] * c.wb.graded)
+        if c.in_binary[0]:
+            c.driven |= {"ac", "ac_eff", "in_events", "weight_bytes", "accum_bytes", "io_read_bytes"}
+        c.attrs.update(input=src.name, flops=self.flops[node.name], flops_valid=self.flops_valid[node.name],
+                       static_input=static, spiking_input=spiking)
+
+    def _count_lif(self, node: Node, c: _NodeCtx) -> None:
+        c.kind = "neuron"
+        c.q["neuron_updates"] = c.const(c.numel)
+        c.q["spikes"] = self._nnz(node.name, c.sums, c.B)
+        c.q["membrane_bytes"] = c.const(c.numel * 2 * c.wb.state)
+        c.q["io_read_bytes"] = c.graded_read(c.in_nodes[0])
+        c.q["io_write_bytes"] = c.q["spikes"] * c.wb.event
+        c.driven |= {"spikes", "io_write_bytes"}
+        decay = float(node.attrs["decay"])
+        c.attrs.update(decay=decay, leak_is_shift=bool(decay == 1.0 or np.log2(decay).is_integer()),
+                       v_threshold=float(node.attrs["v_threshold"]))
+
+    def _count_and(self, node: Node, c: _NodeCtx) -> None:
+        c.kind = "mask" if any(i.op == "broadcast" for i in c.in_nodes) else "and"
+        c.q["in_events"] = sum(self._nnz(i.name, c.sums, c.B) for i in c.in_nodes)
+        c.q["spikes"] = self._nnz(node.name, c.sums, c.B)
+        c.q["gate_updates"] = c.const(c.numel)  # dense: one gate evaluation per element (a neuron on a chip)
+        c.q["io_read_bytes"] = c.q["in_events"] * c.wb.event
+        c.q["io_write_bytes"] = c.q["spikes"] * c.wb.event
+        c.driven |= {"in_events", "spikes", "io_read_bytes", "io_write_bytes"}
+
+    def _count_sum_tokens(self, node: Node, c: _NodeCtx) -> None:
+        c.kind = "colsum"
+        src = c.in_nodes[0].name
+        nnz_in = self._nnz(src, c.sums, c.B) if c.in_binary[0] else c.const(self._numel[src])
+        c.q["colsum_adds"] = nnz_in
+        c.q["dense"] = c.const(self._numel[src] - c.numel)
+        c.q["io_read_bytes"] = nnz_in * c.wb.event
+        c.q["io_write_bytes"] = c.const(c.numel * c.wb.graded)
+        if c.in_binary[0]:
+            c.driven |= {"colsum_adds", "io_read_bytes"}
+
+    def _count_broadcast(self, node: Node, c: _NodeCtx) -> None:
+        c.kind = "mask"
+        c.q["spikes"] = self._nnz(node.name, c.sums, c.B)
+        c.driven.add("spikes")
+
+    def _count_binary_pool(self, node: Node, c: _NodeCtx) -> None:
+        c.kind = "pool"
+        src = c.in_nodes[0]
+        c.q["or_writes"] = c.sums[src.name][(node.name, "pool")]
+        c.q["compares"] = c.const(self._pool_compares[node.name])
+        c.q["gate_updates"] = c.const(c.numel)
+        c.q["spikes"] = self._nnz(node.name, c.sums, c.B)
+        c.q["io_read_bytes"] = self._nnz(src.name, c.sums, c.B) * c.wb.event
+        c.q["io_write_bytes"] = c.q["spikes"] * c.wb.event
+        c.driven |= {"or_writes", "spikes", "io_read_bytes", "io_write_bytes"}
+
+    def _count_maxpool(self, node: Node, c: _NodeCtx) -> None:
+        c.kind = "pool"
+        c.q["compares"] = c.const(self._pool_compares[node.name])
+        c.q["io_read_bytes"] = c.graded_read(c.in_nodes[0])
+        c.q["io_write_bytes"] = c.const(c.numel * c.wb.graded)
+
+    def _count_avgpool(self, node: Node, c: _NodeCtx) -> None:
+        c.q["adds"] = c.const(self._pool_compares[node.name])
+        c.q["mults"] = c.const(c.numel)
+        c.q["io_read_bytes"] = c.graded_read(c.in_nodes[0])
+        c.q["io_write_bytes"] = c.const(c.numel * c.wb.graded)
+
+    def _count_add(self, node: Node, c: _NodeCtx) -> None:
+        c.q["adds"] = c.const(c.numel)
+        c.q["io_read_bytes"] = sum(c.graded_read(i) for i in c.in_nodes)
+        c.q["io_write_bytes"] = c.const(c.numel * c.wb.graded)
+
+    def _count_mean_tokens(self, node: Node, c: _NodeCtx) -> None:
+        n_in = self._numel[c.in_nodes[0].name]
+        c.q["adds"] = c.const(n_in - c.numel)
+        c.q["mults"] = c.const(c.numel)
+        c.q["io_read_bytes"] = c.graded_read(c.in_nodes[0])
+        c.q["io_write_bytes"] = c.const(c.numel * c.wb.graded)
+
+    def _count_output(self, node: Node, c: _NodeCtx) -> None:
+        c.kind = "readout"
+        c.q["adds"] = c.const(c.numel)  # logits accumulated over the T steps (the 1/T scale does not change argmax)
+        c.q["io_read_bytes"] = c.graded_read(c.in_nodes[0])
 
     # -------------------------------------------------------------------------------------------------- buffers
 
@@ -607,6 +636,26 @@ class EnergyCounter:
 
 
 MEMORY_QUANTITIES = ("weight_bytes", "accum_bytes", "membrane_bytes", "io_read_bytes", "io_write_bytes")
+
+# graph op -> the EnergyCounter method that counts one node of it
+OP_HANDLERS: Mapping[str, Callable[[EnergyCounter, Node, _NodeCtx], None]] = {
+    "input": EnergyCounter._count_input,
+    "conv2d": EnergyCounter._count_synaptic,
+    "linear": EnergyCounter._count_synaptic,
+    "lif": EnergyCounter._count_lif,
+    "and": EnergyCounter._count_and,
+    "sum_tokens": EnergyCounter._count_sum_tokens,
+    "broadcast": EnergyCounter._count_broadcast,
+    "maxpool_binary": EnergyCounter._count_binary_pool,
+    "erode": EnergyCounter._count_binary_pool,
+    "maxpool": EnergyCounter._count_maxpool,
+    "avgpool": EnergyCounter._count_avgpool,
+    "add": EnergyCounter._count_add,
+    "mean_tokens": EnergyCounter._count_mean_tokens,
+    "output": EnergyCounter._count_output,
+}
+check_handlers(__name__, OP_HANDLERS)
+
 
 __all__ = ["EnergyCounter", "Tally", "Counts", "NodeCounts", "binary_nodes", "conv_fanout", "linear_fanout", "pool_fanout",
            "window_fanout", "MEMORY_QUANTITIES", "SYNAPTIC"]

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,31 +24,9 @@ import torch
 from sdt.errors import ArgumentParser, UserError, cli_entry
 from sdt.malloc import pin_malloc
 
-from .agreement import BACKENDS
+from deploy.agreement import BACKENDS
 
-CALIB_SAMPLES = 64  # training-split inputs used to find the input grid (never the evaluated split)
-
-
-def _levels(s: str) -> int | None:
-    if s == "auto":
-        return None
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {s!r}") from None
-    if not 1 <= v <= 4095:
-        raise argparse.ArgumentTypeError(f"input levels must be in 1..4095, got {v}")
-    return v
-
-
-def _positive(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+from .quant_options import add_quant_args, positive_int, quant_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,31 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "else digits)")
     a("--data-dir", help="data folder (not needed for digits/fashion/mnist)")
     a("--split", default="test", help="split to evaluate")
-    a("--samples", "-n", type=_positive, help="evaluate the first N samples (default: the whole split)")
-    a("-b", "--batch-size", type=_positive, default=64)
+    a("--samples", "-n", type=positive_int, help="evaluate the first N samples (default: the whole split)")
+    a("-b", "--batch-size", type=positive_int, default=64)
     a("--checkpoint", help="float reference for an integer-network INPUT")
-    a("--weight-terms", type=_positive, default=2,
-      help="8-bit synapses per connection (2: a hi/lo pair, 16-bit effective weights; 1: a single 8-bit synapse)")
-    a("--bias-synapse", action="store_true",
-      help="carry biases beyond Lava's 13-bit mantissa as a current from an always-on population (exact bias)")
-    a("--input-levels", type=_levels, default=None, metavar="auto|L",
-      help="input grid: pixels -> 0..L; auto = the grid of the training inputs (255 if none fits)")
+    add_quant_args(p)
     a("--save-net", help="also write the integer network quantised from a checkpoint INPUT")
     a("--float-input", default="original", choices=("original", "encoded"),
       help="what the float reference sees: the data as loaded, or what the integer input represents")
     a("--no-layers", action="store_true", help="skip per-layer spike agreement (faster)")
     a("--output", "-o", help="JSON report (default: <input>.deploy-<backend>.json)")
-    a("--threads", type=_positive, help="torch / executor threads")
+    a("--threads", type=positive_int, help="torch / executor threads")
     a("--progress", type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=True, help="progress bar")
     return p
-
-
-def _is_intnet(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return "netlist.json" in zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _dataset(name: str, data_dir: str | None, split: str, size: int, T: int) -> torch.utils.data.Dataset:
@@ -111,35 +75,33 @@ def run(argv: Sequence[str] | None = None) -> int:
                         "use --backend reference")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from export.from_model import build_graph
+    from deploy.agreement import compare
+    from deploy.intnet import save
 
-    from .agreement import compare
-    from .intnet import load, save
-    from .quantize import QuantConfig, grid_inputs, load_model_and_normalization, quantize_graph
+    from .pipeline import INTNET, load
 
-    quant: dict[str, Any] | None = None
+    src_net = load(src, args.data)
     graph = None
     net = None
     t_q = 0.0
-    if _is_intnet(src):
-        net = load(src)
+    quant: dict[str, Any] | None = None
+    if src_net.kind == INTNET:
+        net, _ = src_net.network()
         name = args.data or net.metadata.get("dataset") or "digits"
         in_shape, T = tuple(net.populations[0].shape), net.T
         if args.checkpoint:
-            model, norm, _ = load_model_and_normalization(args.checkpoint, net.metadata.get("dataset") or args.data)
-            graph = build_graph(model, normalization=norm)
+            graph = load(args.checkpoint, net.metadata.get("dataset") or args.data).graph()
             if graph.T != net.T or tuple(graph.input.shape) != in_shape:
                 raise UserError(f"--checkpoint {args.checkpoint} does not match the network {src} "
                                 f"(T {graph.T} vs {net.T}, input {graph.input.shape} vs {in_shape})")
-        kind = "intnet"
     else:
         if args.checkpoint:
             raise UserError("--checkpoint is for an integer-network INPUT; INPUT is already a checkpoint")
-        model, norm, recorded = load_model_and_normalization(src, args.data)
-        name = args.data or recorded or "digits"
-        graph = build_graph(model, normalization=norm)
+        name = args.data or src_net.dataset or "digits"
+        src_net.dataset = name  # the data set evaluated also gives the input grid (the normalisation stays recorded)
+        graph = src_net.graph()
         in_shape, T = tuple(graph.input.shape), graph.T
-        kind = "checkpoint"
+    kind = src_net.kind
 
     # the data first: a wrong data set fails here, before any quantisation work
     ds = _dataset(name, args.data_dir, args.split, in_shape[-1], T)
@@ -153,14 +115,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         ds = torch.utils.data.Subset(ds, range(min(args.samples, len(ds))))
 
     if net is None:
-        assert graph is not None
-        calib = None
-        if args.input_levels is None and graph.encoding == "repeat":  # the input grid, from the training split
-            calib = grid_inputs(name, in_shape[-1], T, args.data_dir, CALIB_SAMPLES)
         t0 = time.perf_counter()
-        cfg = QuantConfig(input_levels=args.input_levels, weight_terms=args.weight_terms,
-                          bias_synapse=args.bias_synapse)
-        net, quant = quantize_graph(graph, cfg, {"dataset": name, "source": src.name}, calib)
+        net, quant = src_net.network(quant_config(args), data_dir=args.data_dir)
         t_q = time.perf_counter() - t0
         if args.save_net:
             save(net, args.save_net)

@@ -3,6 +3,7 @@
     sdt-energy output/train/<run>/model_best.pth.tar                       # the data set recorded in the checkpoint
     sdt-energy model.pth.tar --data digits --samples 200 -o energy_digits
     sdt-energy model.pth.tar --data cifar10 --data-dir ./data --integer    # spikes of the integer network
+    sdt-energy model.intnet.npz                                            # a saved integer network (implies --integer)
 
 Writes ``DIR/energy.json`` (per layer, per step, per sample), ``energy.md`` and ``energy.html`` with PNG plots. The
 folder is written as a whole: on any error nothing is left behind. See docs/energy.md for the method.
@@ -13,39 +14,35 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from sdt.errors import ArgumentParser, UserError, cli_entry
 from sdt.malloc import pin_malloc
+
+from .quant_options import add_quant_args, quant_config
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="sdt-energy", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("checkpoint", help="a checkpoint file (ours or official)")
+    a("checkpoint", metavar="INPUT", help="a checkpoint file (ours or official) or an integer network (.intnet.npz)")
     a("--data", "-d", help="data set name (default: the one recorded in the checkpoint)")
     a("--data-dir", help="data folder (default: the one recorded in the checkpoint; digits/mnist/fashion need none)")
     a("--split", default="test", help="test/val or train")
     a("--samples", "-n", type=int, default=100, help="count the first N samples (0: all)")
     a("-b", "--batch-size", type=int, default=32)
     a("-o", "--output", help="report folder (default: <checkpoint>.energy beside the checkpoint)")
-    a("--integer", action="store_true", help="count the spikes of the quantised integer network (reference "
-      "executor) instead of the float model")
+    a("--integer", action="store_true", help="count the spikes of the integer network (reference executor) instead "
+      "of the float model: the network sdt-deploy runs, quantised with the same flags")
     a("--access-bits", type=int, choices=(64, 32), default=64,
       help="apply Horowitz's SRAM figures per 64-bit access (strict) or per 32-bit word (SpikingJelly's Lemaire)")
     a("--conv-input-every-step", action="store_true",
       help="count the first conv on a repeated static image at every step (default: once, as deployed)")
     a("--use-ema", action="store_true", help="use state_dict_ema")
     a("--no-progress", action="store_true", help="no progress bars")
+    add_quant_args(p)
     return p
-
-
-def _recorded(ckpt: dict[str, Any]) -> dict[str, Any]:
-    args = ckpt.get("args")
-    if isinstance(args, argparse.Namespace):
-        return vars(args)
-    return dict(args) if isinstance(args, dict) else {}
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -54,22 +51,21 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--samples must be >= 0, got {args.samples}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    import sdt
-    from sdt.checkpoint import read_checkpoint
     from sdt.data import DatasetNotFoundError, canonical_name, create_dataset, dataset_info
 
-    from export.from_model import build_graph
+    from deploy.energy import EnergyCounter, analyze, write_report
+    from deploy.energy.run import count_float, count_integer, integer_weight_masks, take_batches
 
-    from .energy import EnergyCounter, analyze, write_report
-    from .energy.run import count_float, count_integer, integer_weight_masks, take_batches
+    from .pipeline import INTNET, load
 
     ckpt_path = Path(args.checkpoint)
-    out = Path(args.output) if args.output else ckpt_path.with_name(ckpt_path.name.split(".pth")[0] + ".energy")
-    ckpt = read_checkpoint(ckpt_path)
-    model = sdt.load_checkpoint(ckpt_path, use_ema=args.use_ema)
-    cfg = model.model_config
-    rec = _recorded(ckpt)
-    name = args.data or rec.get("dataset")
+    stem = ckpt_path.name.removesuffix(".intnet.npz").split(".pth")[0]
+    out = Path(args.output) if args.output else ckpt_path.with_name(stem + ".energy")
+    src = load(ckpt_path, args.data, use_ema=args.use_ema, strict=False)
+    integer = args.integer or src.kind == INTNET
+    cfg = src.model_config
+    rec = src.recorded
+    name = args.data or src.dataset
     if not name:
         raise UserError(f"{ckpt_path} records no data set; pass --data NAME")
     try:
@@ -92,21 +88,21 @@ def run(argv: Sequence[str] | None = None) -> int:
     total = -(-n // args.batch_size)
     progress = not args.no_progress
     t0 = time.perf_counter()
-    if args.integer:
-        from deploy.quantize import load_model_and_normalization, quantize_model
-
-        model, norm, _ = load_model_and_normalization(model, name)
-        net, _, graph = quantize_model(model, norm)
+    if integer:
+        # the network sdt-deploy runs: the saved one, or the checkpoint quantised with the same flags and grid
+        src.dataset = src.dataset or name
+        net, _ = src.network(quant_config(args), data_dir=root)
+        graph = src.structure_graph()
         # effective ACs over the weights the integer network keeps (an 8-bit weight can round to 0)
         counter = EnergyCounter(graph, static_input_once=not args.conv_input_every_step,
                                 weight_masks=integer_weight_masks(net, graph))
         counts, timing = count_integer(net, graph, counter, batches, total=total, progress=progress)
     else:
-        graph = build_graph(model)
+        graph = src.graph()
         counter = EnergyCounter(graph, static_input_once=not args.conv_input_every_step)
         counts, timing = count_float(graph, counter, batches, total=total, progress=progress)
     meta = {"checkpoint": str(ckpt_path), "data": f"{name} ({args.split}, first {n})", "dataset": name,
-            "split": args.split, "mode": "integer network (reference executor)" if args.integer else "float graph",
+            "split": args.split, "mode": "integer network (reference executor)" if integer else "float graph",
             "model_config": cfg, "seconds": round(time.perf_counter() - t0, 3), **timing}
     doc = analyze(counter, counts, access_bits=args.access_bits, meta=meta)
     write_report(doc, out)
