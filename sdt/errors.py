@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 
 class UserError(Exception):
@@ -37,3 +37,17 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
             return 130
 
     return wrapper
+
+
+def cpu_cli(run: Callable[..., int | None]) -> Callable[..., int]:
+    """A CPU-heavy command's ``main(argv=None)``: glibc's allocator pinned (``sdt.malloc.pin_malloc``: batch after
+    batch of the same large tensors stay out of the page-fault path), then ``run(argv)`` under :func:`cli_entry`."""
+
+    @functools.wraps(run)
+    def main(argv: Sequence[str] | None = None) -> int:
+        from .malloc import pin_malloc
+
+        pin_malloc()
+        return cli_entry(run)(argv if argv is not None else sys.argv[1:])
+
+    return main

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .errors import ArgumentParser, UserError, cli_entry
-from .malloc import pin_malloc
+from .errors import ArgumentParser, UserError, cpu_cli
 from .firing import FiringRates
 
 LARGE_VALID = (288, 320)  # (crop, resize) of firing_num.py --large-valid
@@ -134,9 +133,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    pin_malloc()  # batch after batch of the same large tensors: keep them out of the page-fault path
-    return cli_entry(run)(argv if argv is not None else sys.argv[1:])
+main = cpu_cli(run)
 
 
 if __name__ == "__main__":  # pragma: no cover

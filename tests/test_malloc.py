@@ -51,7 +51,7 @@ def test_cpu_heavy_clis_pin_malloc(module, monkeypatch, capsys):
 
     mod = importlib.import_module(module)
     calls = []
-    monkeypatch.setattr(mod, "pin_malloc", lambda: calls.append(1) or True)
+    monkeypatch.setattr("sdt.malloc.pin_malloc", lambda: calls.append(1) or True)  # what sdt.errors.cpu_cli calls
     assert mod.main(["--no-such-flag"]) == 2
     assert calls == [1]
     assert "error:" in capsys.readouterr().err

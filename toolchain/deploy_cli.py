@@ -21,8 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from sdt.errors import ArgumentParser, UserError, cli_entry
-from sdt.malloc import pin_malloc
+from sdt.errors import ArgumentParser, UserError, cpu_cli
 
 from deploy.agreement import BACKENDS
 
@@ -145,9 +144,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    pin_malloc()  # batch after batch of the same large tensors: keep them out of the page-fault path
-    return cli_entry(run)(argv if argv is not None else sys.argv[1:])
+main = cpu_cli(run)
 
 
 if __name__ == "__main__":  # pragma: no cover
