@@ -28,20 +28,65 @@ WEIGHT_KEYS = ("state_dict", "model")
 EMA_WEIGHT_KEYS = ("state_dict_ema", "model_ema")
 
 
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff(path: Path) -> str | None:
+    """What a file that is not a loadable checkpoint looks like (``'a NIR file (HDF5)'``, ``'an integer network
+    (.intnet.npz)'``, ``'an ONNX model'``, ``'a text file'``, ``'an empty file'``), or None if it may be a checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(_HDF5_MAGIC):
+        return "a NIR file (HDF5)"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None  # a damaged zip: reported as corrupt by the loader
+        if "netlist.json" in names:
+            return "an integer network (.intnet.npz)"
+        return None
+    if head[:1] == b"\x08" and head[2:3] == b"\x12":  # protobuf ModelProto: ir_version (1), producer_name (2)
+        return "an ONNX model"
+    if head[:1] == b"\x80":  # a legacy (non-zip) pickle: torch.load decides
+        return None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "a text file"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint file into a dict without executing any pickled code outside the allowlist."""
+    """Read a checkpoint file into a dict without executing any pickled code outside the allowlist.
+
+    Three different failures, three different messages: a file that is no checkpoint at all (says what it looks like),
+    a corrupt or truncated checkpoint, and a pickle refused because it holds objects outside the allowlist."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}; pass the path of a .pth/.pth.tar file")
+    kind = sniff(p)
+    if kind is not None:
+        raise CheckpointError(f"{p} is not a checkpoint: it is {kind}; pass the .pth/.pth.tar file the model was "
+                              "trained or exported from")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        lines = str(e).strip().splitlines()
+        unsafe = next((ln.strip() for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), None)
+        if unsafe is None:  # the unpickler failed on damaged bytes, not on a refused object
+            msg = lines[0] if lines else type(e).__name__
+            raise CheckpointError(f"cannot read checkpoint {p}: file is corrupt or truncated ({msg[:160]})") from None
         raise CheckpointError(f"refused to load {p}: it contains pickled objects outside the allowlist "
-                              f"({detail[:160]}); only load checkpoints from sources you trust") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+                              f"({unsafe[:160]}); only load checkpoints from sources you trust") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {p}: file is corrupt or truncated ({msg[:160]})") from None
     if isinstance(obj, Mapping) and not any(k in obj for k in WEIGHT_KEYS + EMA_WEIGHT_KEYS):
@@ -49,6 +94,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p} does not hold a checkpoint dict (found {type(obj).__name__})")
     return dict(obj)
+
+
+def check_finite(state: Mapping[str, Any], source: str) -> None:
+    """Refuse weights with NaN or Inf, naming the first such tensor (every export would carry them silently)."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: tensor {key!r} holds {bad} non-finite value(s) (NaN/Inf); the run "
+                                  "diverged or the file is damaged: use an earlier checkpoint of the run")
 
 
 def recorded_args(ckpt: Mapping[str, Any]) -> dict[str, Any]:
@@ -134,6 +188,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike, conf
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid model config in checkpoint: {e}") from None
     check_state_dict(model, state, source=str(path))
+    check_finite(state, str(path))
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -148,4 +203,5 @@ def save_checkpoint(path: str | os.PathLike, model: SpikeDrivenTransformer, **ex
 
 
 __all__ = ["SAFE_GLOBALS", "read_checkpoint", "config_from_checkpoint", "clean_state_dict", "check_state_dict",
-           "load_checkpoint", "model_from_checkpoint", "recorded_args", "save_checkpoint", "MODEL_ARGS"]
+           "load_checkpoint", "model_from_checkpoint", "recorded_args", "save_checkpoint", "check_finite", "sniff",
+           "MODEL_ARGS"]

@@ -1,0 +1,129 @@
+"""Hostile but realistic input to every command: each case exits with status 2, prints exactly one ``error:`` line
+naming the problem (no traceback), and leaves no new file behind. The start of issue 17's fuzz suite: checkpoints
+that are not checkpoints, are damaged, or hold non-finite weights."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdt.checkpoint import save_checkpoint
+from tests.conftest import tiny_model
+
+DIGITS = dict(in_channels=1, num_classes=10, embed_dims=32, num_heads=4)
+
+# command -> (module with main(argv), extra arguments after the input)
+COMMANDS = {
+    "sdt-export nir": ("toolchain.export_cli", ["--to", "nir"]),
+    "sdt-export onnx": ("toolchain.export_cli", ["--to", "onnx"]),
+    "sdt-export lava": ("toolchain.export_cli", ["--to", "lava"]),
+    "sdt-deploy": ("toolchain.deploy_cli", ["--samples", "2", "--progress", "false"]),
+    "sdt-energy": ("toolchain.energy_cli", ["--samples", "2", "--no-progress", "--data", "digits"]),
+    "sdt-eval": ("sdt.eval_cli", ["--limit", "2", "--progress", "false", "--dataset", "digits"]),
+}
+
+
+def _good(d: Path) -> Path:
+    p = d / "good.pth.tar"
+    save_checkpoint(p, tiny_model(0, **DIGITS), args={"dataset": "digits"})
+    return p
+
+
+def _nan(d: Path) -> Path:
+    model = tiny_model(0, **DIGITS)
+    with torch.no_grad():
+        model.block[0].mlp.fc1_conv.weight[0, 0, 0, 0] = float("nan")
+    p = d / "nan.pth.tar"
+    save_checkpoint(p, model, args={"dataset": "digits"})
+    return p
+
+
+def _inf_bn(d: Path) -> Path:
+    model = tiny_model(0, **DIGITS)
+    model.patch_embed.proj_bn.running_var[1] = float("inf")
+    p = d / "inf.pth.tar"
+    save_checkpoint(p, model, args={"dataset": "digits"})
+    return p
+
+
+def _flipped(d: Path) -> Path:
+    data = bytearray(_good(d).read_bytes())
+    start = data.index(b"data.pkl") + 40  # inside the pickle (tensor bytes are stored raw: a flip there is new weights)
+    for i in range(start, start + 64):
+        data[i] ^= 0xFF
+    p = d / "flipped.pth.tar"
+    p.write_bytes(bytes(data))
+    return p
+
+
+def _truncated(d: Path) -> Path:
+    data = _good(d).read_bytes()
+    p = d / "truncated.pth.tar"
+    p.write_bytes(data[: len(data) // 2])
+    return p
+
+
+def _text(d: Path) -> Path:
+    p = d / "notes.pth"
+    p.write_text("these are my notes, not weights\n")
+    return p
+
+
+def _empty(d: Path) -> Path:
+    p = d / "empty.pth"
+    p.write_bytes(b"")
+    return p
+
+
+def _nir(d: Path) -> Path:
+    from export.from_model import build_graph
+    from export.nir_writer import write_nir
+
+    p = d / "model.pth"  # a NIR file under a checkpoint's name
+    write_nir(build_graph(tiny_model(0, **DIGITS)), p)
+    return p
+
+
+def _onnx(d: Path) -> Path:
+    from export.from_model import build_graph
+    from export.onnx_writer import write_onnx
+
+    p = d / "model.pt"
+    write_onnx(build_graph(tiny_model(0, **DIGITS)), p)
+    return p
+
+
+# bad input -> (maker, fragment the one error line must hold)
+INPUTS = {
+    "nan weight": (_nan, "non-finite"),
+    "inf BN statistic": (_inf_bn, "running_var"),
+    "bit-flipped": (_flipped, "corrupt"),
+    "truncated": (_truncated, "corrupt or truncated"),
+    "text file": (_text, "is not a checkpoint: it is a text file"),
+    "empty file": (_empty, "empty file"),
+    "NIR file": (_nir, "NIR file"),
+    "ONNX file": (_onnx, "ONNX model"),
+}
+CHECKPOINT_ONLY = {"sdt-eval", "sdt-export nir", "sdt-export onnx", "sdt-export lava"}
+
+
+@pytest.mark.parametrize("bad", list(INPUTS))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_bad_checkpoint_is_one_line_exit_2_and_writes_nothing(command, bad, tmp_path, capsys, one_thread):
+    make, fragment = INPUTS[bad]
+    src = make(tmp_path)
+    for extra in tmp_path.glob("good.pth.tar"):  # helper files some makers need are not inputs
+        extra.unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    module, args = COMMANDS[command]
+    rc = importlib.import_module(module).main([str(src), *args])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert fragment in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report, no export, no temporary file
+    if bad in ("bit-flipped", "truncated", "text file", "NIR file", "ONNX file", "empty file"):
+        assert "allowlist" not in lines[0]  # a damaged or foreign file is not reported as a security refusal
