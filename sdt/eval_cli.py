@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .cli_types import boolean, nonnegative_int, positive_int
 from .errors import ArgumentParser, UserError, cpu_cli
 from .firing import FiringRates
 
@@ -36,18 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dataset", "-d", help="data set name (default: the one recorded in the checkpoint)")
     a("--data-dir", help="data folder (default: the one recorded in the checkpoint)")
     a("--split", default="test", help="test/val or train")
-    a("-b", "--batch-size", type=int, default=64)
-    a("-j", "--workers", type=int, default=0)
-    a("--img-size", type=int, help="evaluation crop (default: the model's training size)")
+    a("-b", "--batch-size", type=positive_int, default=64)
+    a("-j", "--workers", type=nonnegative_int, default=0)
+    a("--img-size", type=positive_int, help="evaluation crop (default: the model's training size)")
     a("--crop-pct", type=float, help="CIFAR/ImageNet: resize to img_size / crop_pct before the centre crop")
-    a("--resize-size", type=int, help="CIFAR/ImageNet: resize the short side to this instead")
+    a("--resize-size", type=positive_int, help="CIFAR/ImageNet: resize the short side to this instead")
     a("--large-valid", action="store_true", help="official 8-768 protocol: resize 320, centre-crop 288")
-    a("--limit", type=int, help="evaluate the first N samples only")
+    a("--limit", type=positive_int, help="evaluate the first N samples only")
     a("--use-ema", action="store_true", help="evaluate state_dict_ema")
     a("--no-firing", action="store_true", help="accuracy only (no hooks)")
     a("--device", default=None, help="cpu or cuda (default: cuda if available)")
     a("--output", "-o", help="JSON file (default: <checkpoint>.eval.json)")
-    a("--progress", type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=True, help="tqdm bars")
+    a("--progress", type=boolean, default=True, help="tqdm bars (true/false)")
     return p
 
 

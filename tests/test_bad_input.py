@@ -127,3 +127,34 @@ def test_bad_checkpoint_is_one_line_exit_2_and_writes_nothing(command, bad, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report, no export, no temporary file
     if bad in ("bit-flipped", "truncated", "text file", "NIR file", "ONNX file", "empty file"):
         assert "allowlist" not in lines[0]  # a damaged or foreign file is not reported as a security refusal
+
+
+# bad options: refused by the parser with one line, before any work
+BAD_OPTIONS = [
+    ("sdt-eval", ["--limit", "-1"], "--limit"),
+    ("sdt-eval", ["--limit", "0"], "--limit"),
+    ("sdt-eval", ["--img-size", "0"], "--img-size"),
+    ("sdt-eval", ["--img-size", "-5"], "--img-size"),
+    ("sdt-eval", ["-b", "0"], "--batch-size"),
+    ("sdt-eval", ["--progress", "maybe"], "--progress"),
+    ("sdt-deploy", ["--progress", "maybe"], "--progress"),
+    ("sdt-deploy", ["--samples", "0"], "--samples"),
+    ("sdt-deploy", ["--weight-terms", "0"], "--weight-terms"),
+    ("sdt-deploy", ["--input-levels", "5000"], "--input-levels"),
+    ("sdt-energy", ["--samples", "-3"], "--samples"),
+    ("sdt-energy", ["-b", "0"], "--batch-size"),
+    ("sdt-export lava", ["--weight-terms", "x"], "--weight-terms"),
+    ("sdt-export nir", ["--validate", "-2"], "--validate"),
+]
+
+
+@pytest.mark.parametrize("command,args,fragment", BAD_OPTIONS, ids=[f"{c} {' '.join(a)}" for c, a, _ in BAD_OPTIONS])
+def test_bad_options_are_one_line_exit_2(command, args, fragment, tmp_path, capsys):
+    ckpt = _good(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    module, base = COMMANDS[command]
+    rc = importlib.import_module(module).main([str(ckpt), *base, *args])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

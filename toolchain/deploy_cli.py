@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 import torch
 
+from deploy.agreement import BACKENDS
+from sdt.cli_types import boolean, positive_int
 from sdt.errors import ArgumentParser, UserError, cpu_cli
 
-from deploy.agreement import BACKENDS
-
-from .quant_options import add_quant_args, positive_int, quant_config
+from .quant_options import add_quant_args, quant_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-layers", action="store_true", help="skip per-layer spike agreement (faster)")
     a("--output", "-o", help="JSON report (default: <input>.deploy-<backend>.json)")
     a("--threads", type=positive_int, help="torch / executor threads")
-    a("--progress", type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=True, help="progress bar")
+    a("--progress", type=boolean, default=True, help="progress bar (true/false)")
     return p
 
 

@@ -4,23 +4,14 @@ builds the same :class:`deploy.quantize.QuantConfig` from the same words."""
 from __future__ import annotations
 
 import argparse
+
+from sdt.cli_types import positive_int
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from deploy.quantize import QuantConfig
 
 DEFAULTS = {"weight_terms": 2, "bias_synapse": False, "input_levels": None}
-
-
-def positive_int(s: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def input_levels(s: str) -> int | None:

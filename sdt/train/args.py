@@ -11,6 +11,7 @@ import argparse
 from typing import Any, Sequence
 
 from ..config import ConfigError, inert_keys, load_config, official_defaults
+from ..cli_types import boolean
 from ..errors import UserError
 from ..model import VARIANTS
 from .presets import PRESETS, preset
@@ -32,17 +33,6 @@ _INERT_HINTS = {
     "mlp-ratio": "the option is mlp_ratio",
     "aug_repeats": "the official train.py has no repeated-augmentation sampler",
 }
-
-
-def _bool(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,7 +59,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     g("--val-split", metavar="NAME")
     g("--model", metavar="NAME", help="only 'sdt'")
     g("--pooling-stat", metavar="BITS", help="4 characters of 0/1: which SPS stages max-pool")
-    g("--TET", type=_bool, nargs="?", const=True, help="temporal efficient training loss")
+    g("--TET", type=boolean, nargs="?", const=True, help="temporal efficient training loss")
     g("--TET-means", type=float)
     g("--TET-lamb", type=float)
     g("--spike-mode", choices=("lif", "plif"))
@@ -193,11 +183,11 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     g("--log-wandb", action="store_true")
     g("--device", help="(ours) cpu, cuda or cuda:N; default cuda:LOCAL_RANK if available")
     g("--num-threads", type=int, help="(ours) CPU threads per process (0: torch default)")
-    g("--deterministic", type=_bool, nargs="?", const=True, help="(ours) deterministic algorithms")
+    g("--deterministic", type=boolean, nargs="?", const=True, help="(ours) deterministic algorithms")
     g("--limit-train", type=int, metavar="N", help="(ours) use the first N training samples")
     g("--limit-val", type=int, metavar="N", help="(ours) use the first N validation samples")
-    g("--tensorboard", type=_bool, nargs="?", const=True, help="(ours) write TensorBoard logs if installed")
-    g("--progress", type=_bool, nargs="?", const=True, help="(ours) tqdm progress bars")
+    g("--tensorboard", type=boolean, nargs="?", const=True, help="(ours) write TensorBoard logs if installed")
+    g("--progress", type=boolean, nargs="?", const=True, help="(ours) tqdm progress bars")
     if not suppress:
         p.set_defaults(**official_defaults())
         p.set_defaults(config=None, dim=None, variant=None, neuron_backend="torch", device=None, num_threads=0, deterministic=True,
