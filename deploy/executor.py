@@ -45,11 +45,11 @@ import scipy.sparse as sps
 import torch
 import torch.nn.functional as F
 
-from deploy.fixed_point import (ACT_SHIFT, DECAY_SHIFT, U_WRAP_LIMIT, V_CLIP_LIMIT, VTH_SHIFT, OverflowCounters,
+from deploy.fixed_point import (ACT_SHIFT, DECAY_SHIFT, VTH_SHIFT, OverflowCounters,
                                 effective_bias, lif_step, lifreset_step, quantize_dense_weights, weight_shift)
 from deploy.intnet import IntNet, Population, Synapse
 from deploy.semantics import (BINARY_KINDS, GRADED_KINDS, ExecResult, conv_out_shape, conv_params, conv_to_sparse,
-                              input_ranges, pool_params, population_input_shape, synapse_matrix)
+                              overflow_proof, pool_params, population_input_shape, synapse_matrix)
 from export.shapes import conv_out_hw
 
 __all__ = ["Executor", "run_intnet"]
@@ -363,41 +363,16 @@ class Executor:
 
     def proven_safe(self, input_max: int, input_min: int = 0) -> frozenset[str]:
         """Populations whose u can never wrap and v never clip for ANY input in ``input_min..input_max``: per-neuron
-        input ranges (:func:`input_ranges`) through Lava's equations (du = 4095, so u = a << 6; v after a step is
-        <= 64*vth, else it was reset; negative v is a geometric series of the decay), the quantiser's own worst case.
-        Their per-step overflow checks are skipped: the counters read 0 because 0 is proven, not because nobody
+        input ranges through Lava's equations (:func:`deploy.semantics.overflow_proof`). Their per-step overflow checks are skipped: the counters read 0 because 0 is proven, not because nobody
         looked. The quantiser's scales satisfy these bounds; hand-made or damaged networks are checked step by step."""
         key = (min(int(input_min), 0), int(input_max))
         got = self._safe.get(key)
         if got is not None:
             return got
-        safe = set()
-        terms: dict[str, int] = {}
-        fast: set[str] = set()
-        for p_name, (lo, hi) in input_ranges(self.net, key, terms).items():
-            p = self.net.population(p_name)
-            if p.kind in ("maxpool", "relay") and terms.get(p_name, 0) < 1 << 30 and \
-                    max(int(hi.max(initial=0)), -int(lo.min(initial=0))) < 1 << 30:
-                fast.add(p_name)  # its sums fit in int32
-            if p.kind not in BINARY_KINDS or p.du != 4095 or 64 * max(int(hi.max(initial=0)), -int(lo.min(initial=0))) \
-                    >= U_WRAP_LIMIT:
-                continue
-            b = p.bias().reshape(-1)
-            if p.kind == "gate":  # reset every step: v = (a << 6) + b
-                worst = max(int((64 * hi + b).max(initial=0)), int((-64 * lo - b).max(initial=0)))
-            elif p.dv == 0:  # no leak (the integrator): v sums every step
-                worst = self.net.T * int((64 * np.maximum(hi, -lo) + np.abs(b)).max(initial=0))
-            else:  # v <= 64*vth after a step (else it fired and was reset); below zero a geometric series
-                keep = (4096 - p.dv) * 64 * p.vth // 4096
-                worst = max(int((keep + 64 * hi + np.maximum(b, 0)).max(initial=0)),
-                            int(((-64 * lo + np.maximum(-b, 0)) * 4096 // p.dv + 1).max(initial=0)))
-            if worst <= V_CLIP_LIMIT:
-                safe.add(p_name)
-                # every term and every partial sum also fits in int32, and the decay is a shift: the int32 path
-                if p.kind == "lif" and 0 < p.dv < 4096 and p.dv & (p.dv - 1) == 0 and terms.get(p_name, 0) < 1 << 30:
-                    fast.add(p_name)
-        self._safe[key] = frozenset(safe)
-        self._fast32[key] = frozenset(fast)
+        proof = overflow_proof(self.net, key)
+        safe, fast = proof.safe, proof.int32
+        self._safe[key] = safe
+        self._fast32[key] = fast
         return self._safe[key]
 
     def _proof_range(self, x: np.ndarray) -> tuple[int, int]:

@@ -221,28 +221,130 @@ def save(net: IntNet, path: str | os.PathLike) -> None:
             put(f"{key}.npy", buf.getvalue())
 
 
+# Lava 0.10 / Loihi 2 field widths a file must respect (checked on load; the quantiser never exceeds them)
+FIELD_RANGES = {"du": (0, 4095), "dv": (0, 4095), "vth": (0, (1 << 17) - 1), "bias_exp": (0, 7),
+                "weight_exp": (-8, 7)}
+BIAS_MANT_RANGE = (-4096, 4095)  # 13-bit signed mantissa
+WEIGHT_RANGE = (-256, 255)  # 8-bit magnitude with sign (mixed-sign matrices hold even values in [-256, 254])
+SYNAPSE_KINDS = ("conv", "dense", "sparse")
+
+
+class _Bad(Exception):
+    """One field of a netlist that breaks the format; the message names it."""
+
+
+def _need(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise _Bad(f"{where}: {what}")
+
+
+def _int_in(v: Any, lo: int, hi: int, where: str) -> int:
+    _need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, where, f"{v!r} is not an integer in "
+          f"[{lo}, {hi}]")
+    return int(v)
+
+
+def _int_array(arr: Mapping[str, np.ndarray], key: Any, where: str, lo: int, hi: int) -> np.ndarray:
+    _need(isinstance(key, str) and key in arr, where, f"array {key!r} is missing")
+    a = arr[key]
+    _need(np.issubdtype(a.dtype, np.integer), where, f"array {key!r} has dtype {a.dtype}, not an integer type")
+    if a.size:
+        _need(int(a.min()) >= lo and int(a.max()) <= hi, where, f"values {int(a.min())}..{int(a.max())} outside "
+              f"[{lo}, {hi}]")
+    return a
+
+
+def _parse(doc: Any, arr: Mapping[str, np.ndarray]) -> IntNet:
+    """The network a netlist describes, every field checked against the format and Lava's bit widths."""
+    _need(isinstance(doc, dict), "netlist", "is not a JSON object")
+    for key, kind in (("T", int), ("encoding", dict), ("decode", dict), ("metadata", dict), ("populations", list),
+                      ("synapses", list), ("edges", list)):
+        _need(isinstance(doc.get(key), kind), key, f"missing or not a {kind.__name__}")
+    T = _int_in(doc["T"], 1, 1 << 20, "T")
+    scale = doc["decode"].get("scale")
+    _need(isinstance(scale, (int, float)) and not isinstance(scale, bool) and np.isfinite(scale) and scale > 0,
+          "decode.scale", f"{scale!r} is not a positive finite number")
+    _need(len(doc["populations"]) > 0, "populations", "empty")
+    pops, sizes = [], {}
+    for i, d in enumerate(doc["populations"]):
+        where = f"population {i}"
+        _need(isinstance(d, dict) and isinstance(d.get("name"), str), where, "needs a name")
+        where = f"population {d['name']!r}"
+        _need(d.get("kind") in KINDS, where, f"unknown kind {d.get('kind')!r} (one of {', '.join(KINDS)})")
+        shape = d.get("shape")
+        _need(isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape), where,
+              f"shape {shape!r} is not a list of positive integers")
+        vals = {k: _int_in(d.get(k), *FIELD_RANGES[k], f"{where}.{k}") for k in ("du", "dv", "vth", "bias_exp")}
+        bias = None
+        if d.get("bias_mant") is not None:
+            bias = _int_array(arr, d["bias_mant"], f"{where}.bias_mant", *BIAS_MANT_RANGE)
+            _need(bias.size == int(np.prod(shape)), f"{where}.bias_mant", f"{bias.size} values for {shape}")
+        _need(isinstance(d.get("attrs", {}), dict), f"{where}.attrs", "not an object")
+        pops.append(Population(d["name"], d["kind"], tuple(shape), bias_mant=bias, attrs=d.get("attrs", {}), **vals))
+        sizes[d["name"]] = int(np.prod(shape))
+    syns = []
+    for i, d in enumerate(doc["synapses"]):
+        where = f"synapse {i}"
+        _need(isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("name", "src", "dst")), where,
+              "needs name, src and dst")
+        where = f"synapse {d['name']!r}"
+        _need(d["src"] in sizes and d["dst"] in sizes, where, f"src {d['src']!r} or dst {d['dst']!r} is no population")
+        _need(d.get("kind") in SYNAPSE_KINDS, where, f"unknown kind {d.get('kind')!r}")
+        e = _int_in(d.get("weight_exp"), *FIELD_RANGES["weight_exp"], f"{where}.weight_exp")
+        _need(isinstance(d.get("graded"), bool), f"{where}.graded", "not true/false")
+        attrs = d.get("attrs", {})
+        _need(isinstance(attrs, dict), f"{where}.attrs", "not an object")
+        if d["kind"] == "sparse":
+            base = d.get("weight")
+            rows, cols = (_int_array(arr, f"{base}_{k}", f"{where}.{k}", 0, (1 << 31) - 1) for k in ("rows", "cols"))
+            vals = _int_array(arr, f"{base}_vals", f"{where}.weight", *WEIGHT_RANGE)
+            shp = attrs.get("shape")
+            _need(isinstance(shp, list) and len(shp) == 2 and all(isinstance(v, int) and v > 0 for v in shp),
+                  f"{where}.attrs.shape", f"{shp!r} is not [n_dst, n_src]")
+            _need(rows.ndim == cols.ndim == vals.ndim == 1 and rows.size == cols.size == vals.size, where,
+                  "rows, cols and values differ in length")
+            _need(shp[1] == sizes[d["src"]], f"{where}.attrs.shape", f"{shp[1]} sources, population has "
+                  f"{sizes[d['src']]}")
+            _need(not rows.size or (int(rows.max()) < shp[0] and int(cols.max()) < shp[1]), where,
+                  "an index lies outside attrs.shape")
+            w: Any = (rows, cols, vals)
+        else:
+            w = _int_array(arr, d.get("weight"), f"{where}.weight", *WEIGHT_RANGE)
+            if d["kind"] == "dense":
+                _need(w.ndim == 2 and w.shape[1] == sizes[d["src"]], f"{where}.weight",
+                      f"shape {w.shape} does not read {sizes[d['src']]} source neurons")
+            else:
+                _need(w.ndim == 4, f"{where}.weight", f"a conv kernel needs 4 dimensions, got shape {w.shape}")
+        syns.append(Synapse(d["name"], d["src"], d["dst"], d["kind"], w, e, d["graded"], attrs,
+                            node=synapse_node(d["name"])))
+    edges = []
+    for e in doc["edges"]:
+        _need(isinstance(e, list) and len(e) == 2 and all(v in sizes for v in e), "edges", f"{e!r} is not a pair of "
+              "populations")
+        edges.append((e[0], e[1]))
+    net = IntNet(tuple(pops), tuple(syns), tuple(edges), T, doc["encoding"], doc["decode"], doc["metadata"])
+    try:
+        net.validate()
+    except ValueError as err:
+        raise _Bad(str(err)) from None
+    return net
+
+
 def load(path: str | os.PathLike) -> IntNet:
-    """Read a file written by :func:`save` (no pickles); a wrong or corrupt file raises a one-line UserError."""
+    """Read a file written by :func:`save` (no pickles). Every field is checked against the format and Lava's bit
+    widths (:data:`FIELD_RANGES`, 8-bit weights, 13-bit bias mantissas); a wrong, corrupt or tampered file raises a
+    one-line UserError naming the field. The 24-bit overflow proof is ``deploy.semantics.overflow_proof``."""
+    fix = "re-export it with sdt-export --to lava"
     try:
         with zipfile.ZipFile(path) as zf:
             doc = json.loads(zf.read("netlist.json"))
-            if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
-                raise UserError(f"{path}: not an {FORMAT} v{FORMAT_VERSION} file")
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
+                raise UserError(f"{path}: not an {FORMAT} v{FORMAT_VERSION} file; {fix}")
             arr = {n[:-4]: np.load(io.BytesIO(zf.read(n)), allow_pickle=False)
                    for n in zf.namelist() if n.endswith(".npy")}
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, ValueError) as e:
-        raise UserError(f"cannot read integer network {path}: {e}; re-export it with sdt-export --to lava") from None
-    pops = tuple(Population(name=d["name"], kind=d["kind"], shape=tuple(d["shape"]), du=d["du"], dv=d["dv"],
-                            vth=d["vth"], bias_mant=None if d["bias_mant"] is None else arr[d["bias_mant"]],
-                            bias_exp=d["bias_exp"], attrs=d["attrs"]) for d in doc["populations"])
-    syns = []
-    for d in doc["synapses"]:
-        w = (arr[d["weight"] + "_rows"], arr[d["weight"] + "_cols"], arr[d["weight"] + "_vals"]) \
-            if d["kind"] == "sparse" else arr[d["weight"]]
-        syns.append(Synapse(name=d["name"], src=d["src"], dst=d["dst"], kind=d["kind"], weight=w,
-                            weight_exp=d["weight_exp"], graded=d["graded"], attrs=d["attrs"],
-                            node=synapse_node(d["name"])))
-    net = IntNet(populations=pops, synapses=tuple(syns), edges=tuple(tuple(e) for e in doc["edges"]), T=doc["T"],
-                 encoding=doc["encoding"], decode=doc["decode"], metadata=doc["metadata"])
-    net.validate()
-    return net
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, ValueError, EOFError) as e:
+        raise UserError(f"cannot read integer network {path}: {e}; {fix}") from None
+    try:
+        return _parse(doc, arr)
+    except _Bad as e:
+        raise UserError(f"integer network {path}: {e}; {fix}") from None

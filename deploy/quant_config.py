@@ -5,9 +5,10 @@ from dataclasses import dataclass, replace
 
 from sdt.errors import UserError
 
+from .semantics import GRADED_LIMIT
+
 VTH_MAX = (1 << 17) - 1  # Lava vth is uint17
 A_LIMIT = 1 << 17  # |a| < 2**17 keeps u = a << 6 strictly inside (-2**23, 2**23]: never wraps
-GRADED_LIMIT = 1 << 23  # a graded relay payload is a signed 24-bit value
 BIAS_MANT = (-4096, 4095)  # int13
 BIAS_EXP_MAX = 7  # 3-bit
 INPUT_LEVELS = 255  # 8-bit input

@@ -20,13 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from export.shapes import conv_out_hw, pair
+from sdt.errors import UserError
 
-from .fixed_point import OverflowCounters, weight_shift
+from .fixed_point import U_WRAP_LIMIT, V_CLIP_LIMIT, OverflowCounters, weight_shift
 from .intnet import IntNet, Population, Synapse
 from .kinds import BINARY_KINDS, GRADED_KINDS
 
 
 ConvParams = tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]
+GRADED_LIMIT = 1 << 23  # a graded payload (relay, max-pool relay) is a signed 24-bit value
 
 
 # ------------------------------------------------------------------------------------------------------ shapes
@@ -207,6 +209,73 @@ def current_bounds(net: IntNet, input_max: int) -> dict[str, int]:
             for name, (lo, hi) in input_ranges(net, (-int(input_max), int(input_max))).items()}
 
 
+@dataclass(frozen=True)
+class OverflowProof:
+    """Which populations provably never overflow Lava's 24-bit state for ANY input in the proof's range.
+
+    ``safe``: spiking populations (lif, gate, integrator) whose u never wraps and v never clips; ``int32``: those
+    whose every term and partial sum also fits in int32 (LIFs with a shift decay; graded relays); ``relay_ok``: graded
+    relays whose payload stays inside 24 bits; ``worst``: per population, the worst-case ``max |a|``."""
+
+    safe: frozenset[str]
+    int32: frozenset[str]
+    relay_ok: frozenset[str]
+    worst: dict[str, int]
+
+    def unsafe(self, net: IntNet) -> list[str]:
+        """Populations not proven safe (spiking ones outside ``safe``, relays outside ``relay_ok``), in net order."""
+        return [p.name for p in net.populations if p.kind != "input" and p.name not in self.safe | self.relay_ok]
+
+
+def overflow_proof(net: IntNet, input_range: tuple[int, int]) -> OverflowProof:
+    """The per-neuron input ranges (:func:`input_ranges`) through Lava's equations: du = 4095, so u = a << 6; v after
+    a step is <= 64*vth, else it was reset; negative v is a geometric series of the decay; a gate resets every step;
+    an integrator (dv = 0) sums T steps. The quantiser's scales satisfy these bounds by construction."""
+    safe, fast, relays = set(), set(), set()
+    terms: dict[str, int] = {}
+    worst_a: dict[str, int] = {}
+    for p_name, (lo, hi) in input_ranges(net, input_range, terms).items():
+        p = net.population(p_name)
+        a_max = max(int(hi.max(initial=0)), -int(lo.min(initial=0)))
+        worst_a[p_name] = a_max
+        if p.kind in GRADED_KINDS:
+            if a_max < GRADED_LIMIT:
+                relays.add(p_name)
+            if terms.get(p_name, 0) < 1 << 30 and a_max < 1 << 30:
+                fast.add(p_name)  # its sums fit in int32
+            continue
+        if p.kind not in BINARY_KINDS or p.du != 4095 or 64 * a_max >= U_WRAP_LIMIT:
+            continue
+        b = p.bias().reshape(-1)
+        if p.kind == "gate":  # reset every step: v = (a << 6) + b
+            worst = max(int((64 * hi + b).max(initial=0)), int((-64 * lo - b).max(initial=0)))
+        elif p.dv == 0:  # no leak (the integrator): v sums every step
+            worst = net.T * int((64 * np.maximum(hi, -lo) + np.abs(b)).max(initial=0))
+        else:  # v <= 64*vth after a step (else it fired and was reset); below zero a geometric series
+            keep = (4096 - p.dv) * 64 * p.vth // 4096
+            worst = max(int((keep + 64 * hi + np.maximum(b, 0)).max(initial=0)),
+                        int(((-64 * lo + np.maximum(-b, 0)) * 4096 // p.dv + 1).max(initial=0)))
+        if worst <= V_CLIP_LIMIT:
+            safe.add(p_name)
+            # every term and every partial sum also fits in int32, and the decay is a shift: the int32 path
+            if p.kind == "lif" and 0 < p.dv < 4096 and p.dv & (p.dv - 1) == 0 and terms.get(p_name, 0) < 1 << 30:
+                fast.add(p_name)
+    return OverflowProof(frozenset(safe), frozenset(fast), frozenset(relays), worst_a)
+
+
+def prove_no_overflow(net: IntNet, where: str = "integer network") -> OverflowProof:
+    """Re-prove the 24-bit guarantee of a network read from a file, for every input its encoding allows; a population
+    that could wrap u, clip v or overflow a 24-bit relay payload is a one-line UserError naming it."""
+    enc = net.input_encoding
+    proof = overflow_proof(net, (min(enc.min, 0), enc.levels if enc.levels is not None else 255))
+    bad = proof.unsafe(net)
+    if bad:
+        raise UserError(f"{where}: population {bad[0]!r} can overflow Lava's 24-bit state (worst-case |a| = "
+                        f"{proof.worst.get(bad[0], '?')}, {len(bad)} population(s) in all); re-export it with "
+                        "sdt-export --to lava")
+    return proof
+
+
 # ------------------------------------------------------------------------------------------------ results
 
 @dataclass
@@ -231,4 +300,4 @@ class ExecResult:
 
 __all__ = ["BINARY_KINDS", "GRADED_KINDS", "conv_params", "conv_out_shape", "pool_params", "population_input_shape",
            "conv_to_sparse", "synapse_matrix", "weight_sums", "current_range", "input_ranges", "current_bounds",
-           "ExecResult"]
+           "OverflowProof", "overflow_proof", "prove_no_overflow", "GRADED_LIMIT", "ExecResult"]

@@ -158,3 +158,102 @@ def test_bad_options_are_one_line_exit_2(command, args, fragment, tmp_path, caps
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ------------------------------------------------------------------------------ tampered integer networks
+
+def _net(d: Path) -> Path:
+    from toolchain.pipeline import load as load_source
+
+    from deploy.intnet import save
+
+    p = d / "net.intnet.npz"
+    save(load_source(_good(d)).network()[0], p)
+    return p
+
+
+def _tamper(path: Path, doc_fn=None, arrays=None, drop=()) -> None:
+    """Rewrite an .intnet.npz: ``doc_fn(doc)`` edits the netlist, ``arrays`` replaces members, ``drop`` removes them."""
+    import io
+    import json
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    doc = json.loads(members["netlist.json"])
+    if doc_fn is not None:
+        doc = doc_fn(doc)
+    members["netlist.json"] = json.dumps(doc).encode()
+    for key, a in (arrays or {}).items():
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        members[f"{key}.npy"] = buf.getvalue()
+    for key in drop:
+        members.pop(f"{key}.npy")
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+
+
+def _first(doc, kind, key, value):
+    for d in doc["populations" if kind == "pop" else "synapses"]:
+        if kind != "pop" or d["kind"] == "lif":
+            d[key] = value
+            return doc
+
+
+def _syn0(path: Path):
+    import numpy as np
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        return np.load(zf.open("syn0_w.npy"))
+
+
+TAMPERED = {
+    "T = 0": (dict(doc_fn=lambda d: {**d, "T": 0}), "T"),
+    "netlist []": (dict(doc_fn=lambda d: []), "not an sdt-intnet"),
+    "populations missing": (dict(doc_fn=lambda d: {k: v for k, v in d.items() if k != "populations"}), "populations"),
+    "unknown kind": (dict(doc_fn=lambda d: _first(d, "pop", "kind", "izhikevich")), "unknown kind"),
+    "du 5000": (dict(doc_fn=lambda d: _first(d, "pop", "du", 5000)), ".du"),
+    "vth 2**30": (dict(doc_fn=lambda d: _first(d, "pop", "vth", 1 << 30)), ".vth"),
+    "weight_exp 100": (dict(doc_fn=lambda d: _first(d, "syn", "weight_exp", 100)), "weight_exp"),
+    "decode scale 0": (dict(doc_fn=lambda d: {**d, "decode": {**d["decode"], "scale": 0}}), "decode.scale"),
+    "shape vs bias": (dict(doc_fn=lambda d: _first(d, "pop", "shape", [3, 1, 1])), "bias_mant"),
+    "weight array missing": (dict(drop=("syn0_w",)), "missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED) + ["float weights", "weight -6000", "bias 2**31-1",
+                                                    "overflowing exponent"])
+@pytest.mark.parametrize("command", ["sdt-deploy", "sdt-energy"])
+def test_tampered_network_is_one_line_exit_2(command, case, tmp_path, capsys, one_thread):
+    import numpy as np
+
+    net = _net(tmp_path)
+    if case in TAMPERED:
+        kw, fragment = TAMPERED[case]
+    elif case == "float weights":
+        kw, fragment = dict(arrays={"syn0_w": _syn0(net).astype(np.float32)}), "dtype"
+    elif case == "weight -6000":
+        w = _syn0(net).copy()
+        w.flat[0] = -6000
+        kw, fragment = dict(arrays={"syn0_w": w}), "outside"
+    elif case == "bias 2**31-1":
+        kw, fragment = dict(arrays={"pop1_bias": np.full(
+            np.load(__import__("zipfile").ZipFile(net).open("pop1_bias.npy")).shape, 2**31 - 1, np.int64)}), "outside"
+    else:  # in range field by field, but no longer provably inside 24 bits
+        kw, fragment = dict(doc_fn=lambda d: _first(d, "syn", "weight_exp", 7)), "overflow"
+    _tamper(net, **kw)
+    (tmp_path / "good.pth.tar").unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    module, base = COMMANDS[command]
+    base = [a for a in base if a != "--data"] if command == "sdt-deploy" else base
+    rc = importlib.import_module(module).main([str(net), *base])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert fragment in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -167,8 +167,10 @@ def load(source: Any, dataset: str | None = None, *, use_ema: bool = False, stri
     path = Path(source)
     if is_intnet(path):
         from deploy.intnet import load as load_net
+        from deploy.semantics import prove_no_overflow
 
-        net = load_net(path)
+        net = load_net(path)  # every field checked against the format and Lava's bit widths
+        prove_no_overflow(net, f"integer network {path}")  # the 24-bit guarantee, re-proved from the saved matrices
         recorded = net.metadata.get("dataset")
         _, name = normalization_of(dataset or recorded, strict=False)
         return Loaded(INTNET, path, name, net.metadata.get("graph_metadata", {}).get("normalization"), net=net)
