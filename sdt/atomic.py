@@ -53,3 +53,11 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def refuse_inputs(out: str | os.PathLike, *inputs: str | os.PathLike | None, flag: str = "-o") -> None:
+    """Refuse, before any work, an output path that names one of the command's inputs (it would be replaced)."""
+    target = Path(out)
+    for src in inputs:
+        if src is not None and Path(src).exists() and target.exists() and target.resolve() == Path(src).resolve():
+            raise UserError(f"output {target} is the input {src}; choose another {flag}")

@@ -85,15 +85,17 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, firing: bool =
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from . import load_checkpoint
-    from .checkpoint import read_checkpoint, recorded_args
+    from .atomic import refuse_inputs
+    from .checkpoint import model_from_checkpoint, read_checkpoint, recorded_args
     from .data import dataset_info
     from .train.data import build_dataset, canonical_dataset
     from .train.distributed import pick_device
 
     ckpt_path = Path(args.checkpoint)
+    if args.output:
+        refuse_inputs(args.output, ckpt_path)
     ckpt = read_checkpoint(ckpt_path)
-    model = load_checkpoint(ckpt_path, use_ema=args.use_ema)
+    model = model_from_checkpoint(ckpt, ckpt_path, use_ema=args.use_ema)
     cfg = model.model_config
     rec = recorded_args(ckpt)
     name = args.dataset or rec.get("dataset")

@@ -257,3 +257,35 @@ def test_tampered_network_is_one_line_exit_2(command, case, tmp_path, capsys, on
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     assert fragment in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ------------------------------------------------------------------------------------- outputs never replace inputs
+
+@pytest.mark.parametrize("command", ["sdt-eval", "sdt-deploy", "sdt-export nir"])
+def test_output_naming_the_input_is_refused(command, tmp_path, capsys):
+    ckpt = _good(tmp_path)
+    data = ckpt.read_bytes()
+    module, base = COMMANDS[command]
+    rc = importlib.import_module(module).main([str(ckpt), *base, "-o", str(ckpt)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "error: output" in err and "choose another -o" in err, err
+    assert ckpt.read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == ["good.pth.tar"]
+
+
+def test_deploy_save_net_never_replaces_an_input(tmp_path, capsys):
+    ckpt = _good(tmp_path)
+    data = ckpt.read_bytes()
+    from toolchain.deploy_cli import main
+
+    assert main([str(ckpt), "--samples", "2", "--progress", "false", "--save-net", str(ckpt)]) == 2
+    assert "--save-net" in capsys.readouterr().err and ckpt.read_bytes() == data
+
+
+def test_default_reports_of_a_checkpoint_and_its_network_do_not_collide(tmp_path, capsys, one_thread):
+    from toolchain.deploy_cli import main
+
+    ckpt = _good(tmp_path)
+    net = tmp_path / "good.intnet.npz"
+    assert main([str(ckpt), "--samples", "2", "--progress", "false", "--save-net", str(net)]) == 0
+    assert main([str(net), "--samples", "2", "--progress", "false"]) == 0
+    assert {"good.deploy-reference.json", "good.intnet.deploy-reference.json"} <= {p.name for p in tmp_path.iterdir()}

@@ -23,6 +23,7 @@ import torch
 
 from deploy.agreement import BACKENDS
 from sdt.cli_types import boolean, positive_int
+from sdt.atomic import refuse_inputs
 from sdt.errors import ArgumentParser, UserError, cpu_cli
 
 from .quant_options import add_quant_args, quant_config
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--float-input", default="original", choices=("original", "encoded"),
       help="what the float reference sees: the data as loaded, or what the integer input represents")
     a("--no-layers", action="store_true", help="skip per-layer spike agreement (faster)")
-    a("--output", "-o", help="JSON report (default: <input>.deploy-<backend>.json)")
+    a("--output", "-o", help="JSON report (default: <input>.deploy-<backend>.json; <input>.intnet.deploy-<backend>.json for a "
+      "network file); never an input")
     a("--threads", type=positive_int, help="torch / executor threads")
     a("--progress", type=boolean, default=True, help="progress bar (true/false)")
     return p
@@ -79,6 +81,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     from .pipeline import INTNET, load
 
+    for path, flag in ((args.output, "-o"), (args.save_net, "--save-net")):
+        if path:
+            refuse_inputs(path, src, args.checkpoint, flag=flag)
+    if args.output and args.save_net and Path(args.output).resolve() == Path(args.save_net).resolve():
+        raise UserError(f"-o and --save-net both name {args.output}; choose two files")
     src_net = load(src, args.data)
     graph = None
     net = None
@@ -131,7 +138,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         report["quantization"] = quant
     if args.save_net:
         report["saved_net"] = str(args.save_net)
-    out = Path(args.output) if args.output else src.with_name(src.name.split(".")[0] + f".deploy-{args.backend}.json")
+    # default report names differ per input kind and backend: a checkpoint's and its network's reports never collide
+    stem = src.name.split(".")[0] + (".intnet" if kind == INTNET else "")
+    out = Path(args.output) if args.output else src.with_name(f"{stem}.deploy-{args.backend}.json")
     from sdt.atomic import write_text
 
     write_text(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
