@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 
@@ -22,19 +24,37 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` (temporary files, child processes) runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a CLI ``main`` so user errors print ``error: ...`` on one line and exit with status 2."""
+    """Wrap a CLI ``main`` so user errors print ``error: ...`` on one line and exit with status 2; Ctrl-C (SIGINT) and
+    SIGTERM unwind the run (atomic writes remove their temporary files) and exit with 130 / 143 after one line."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return int(main(*args, **kwargs) or 0)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+            print("error: interrupted (Ctrl-C); no partial output was left", file=sys.stderr)
             return 130
+        except Terminated:
+            print("error: terminated (SIGTERM); no partial output was left", file=sys.stderr)
+            return 143
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

@@ -289,3 +289,31 @@ def test_default_reports_of_a_checkpoint_and_its_network_do_not_collide(tmp_path
     assert main([str(ckpt), "--samples", "2", "--progress", "false", "--save-net", str(net)]) == 0
     assert main([str(net), "--samples", "2", "--progress", "false"]) == 0
     assert {"good.deploy-reference.json", "good.intnet.deploy-reference.json"} <= {p.name for p in tmp_path.iterdir()}
+
+
+# ---------------------------------------------------------------------------------------------------- signals
+
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_during_a_run_exits_with_one_line_and_leaves_nothing(sig, code, tmp_path):
+    """A long sdt-energy run stopped by a signal: the conventional exit status, one line, no report and no temporary
+    folder left (the report folder is built in a temporary folder and moved in place only at the end)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt = _good(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "toolchain.energy_cli", str(ckpt), "--samples", "0", "-b", "1",
+                             "--no-progress", "--data", "digits", "--split", "train", "-o", str(tmp_path / "rep")],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # well inside the run (counting all 1,437 training images one by one takes far longer)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=30)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == code, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pth.tar"]
