@@ -298,9 +298,12 @@ def test_per_channel_exponent_groups_match_step_reference():
     _compare_with_reference(net, np.random.default_rng(4).integers(0, 16, (5, 2, 5, 5)))
 
 
-def test_every_kernel_path_matches_step_reference():
+def test_every_kernel_path_matches_step_reference(monkeypatch):
     """int8 GEMMs (3x3 stride 2 / 2x2 stride 2 / 1x1 convs, dense), float convs (graded, grouped), float dense (odd
     weights above 127 do not fit int8), scipy sparse: all against the literal schedule."""
+    import deploy.executor as exe
+
+    monkeypatch.setattr(exe, "_INT8_GEMM", True)  # the int8 paths, also on CPUs where the executor avoids them
     rng = np.random.default_rng(21)
     lif = dict(du=4095, dv=2048)
     pops = (
@@ -334,9 +337,12 @@ def test_every_kernel_path_matches_step_reference():
     _compare_with_reference(net, np.random.default_rng(8).integers(0, 10, (6, 3, 8, 8)))
 
 
-def test_always_on_bias_source_and_batch_of_one():
+def test_always_on_bias_source_and_batch_of_one(monkeypatch):
     """A (1,) always-on gate feeding per-neuron biases through a dense synapse (as the quantiser emits), batch size 1:
     size-1 dimensions must not confuse the int8 GEMM."""
+    import deploy.executor as exe
+
+    monkeypatch.setattr(exe, "_INT8_GEMM", True)  # the int8 path, also on CPUs where the executor avoids it
     rng = np.random.default_rng(3)
     pops = (_pop("inp", "input", (2, 4, 4)), _pop("on", "gate", (1,), du=4095, dv=0, vth=0, bias_mant=np.array([1])),
             _pop("l", "lif", (4, 4, 4), du=4095, dv=2048, vth=300),
@@ -521,3 +527,22 @@ def test_shape_errors_are_reported():
         Executor(IntNet(net.populations, (net.synapses[0], wrong), (), net.T, {}, {}))
     with pytest.raises(ValueError, match="input must be"):
         run_intnet(net, np.zeros((2, 2, 4, 5), np.int64))
+
+
+@pytest.mark.parametrize("int8", [True, False], ids=["int8-gemm", "float-gemm"])
+def test_both_spike_gemm_paths_are_bit_exact(int8, monkeypatch):
+    """The int8 GEMM (CPUs with int8 dot products) and the float32/float64 GEMM (chosen where torch's int8 GEMM is
+    slow) give the step reference's results exactly, on the real quantiser's tiny SDT."""
+    import deploy.executor as exe
+    from deploy.encoding import encode_input
+    from deploy.quantize import quantize
+    from export.from_model import build_graph
+    from tests.conftest import tiny_model
+
+    monkeypatch.setattr(exe, "_INT8_GEMM", int8)
+    g = torch.Generator().manual_seed(3)
+    net = quantize(build_graph(tiny_model(seed=3)), calib=torch.rand(8, 3, 16, 16, generator=g))
+    ex = exe.Executor(net)
+    modes = {s.mode for item in ex.plan for s in item.syns}
+    assert ("int8" in modes) == int8
+    _compare_with_reference(net, encode_input(net, torch.rand(3, 3, 16, 16, generator=g)))
