@@ -111,7 +111,7 @@ def _quant_config(args: argparse.Namespace) -> Any:
 
         return quant_config(args)
     except ImportError as e:
-        raise UserError(f"--to lava needs deploy.quantize.export_lava, which this installation lacks ({e})") from None
+        raise UserError(f"--to lava needs deploy.quantize, which this installation lacks ({e})") from None
 
 
 def _write_lava(src: Loaded, path: Path, args: argparse.Namespace) -> tuple[str, str]:
