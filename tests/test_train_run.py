@@ -175,3 +175,30 @@ def test_nir_clean_variant_trains_and_is_recorded(tmp_path, restore_torch_global
     model = sdt.load_checkpoint(best)  # the checkpoint alone rebuilds the variant
     assert model.model_config["variant"] == "nir_clean" and model.patch_embed.variant == "nir_clean"
     assert read_checkpoint(best)["model_config"]["variant"] == "nir_clean"
+
+
+def test_resume_run_dir_alone_rebuilds_the_run_with_non_default_flags(tmp_path, restore_torch_globals, capsys):
+    """``train.py --resume RUN_DIR`` with no other flag: the model and recipe come from what the run recorded (here
+    non-default: 8x8 input, 16 dims, 2 heads, T=2, limits, 3 epochs), bit-identical to an uninterrupted run."""
+    args = [*TINY, "--epochs", "3", "--recovery-interval", "2", "--output", str(tmp_path)]
+    assert runner.main([*args, "--experiment", "full"]) == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*TRAIN, *args, "--experiment", "cut"], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while not (cut / RECOVERY).exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    capsys.readouterr()
+    assert runner.main(["--resume", str(cut)]) == 0
+    full, resumed = _weights(tmp_path / "full" / LAST), _weights(cut / LAST)
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    assert (tmp_path / "full" / "summary.csv").read_text() == (cut / "summary.csv").read_text()
+    # an explicit flag still wins, with a warning naming the recorded value (the model check then refuses it)
+    assert runner.main(["--resume", str(cut), "--dim", "32"]) == 2
+    out, err = capsys.readouterr()
+    assert "--dim 32 overrides the resumed run's recorded 16" in out + err
+    assert "differs from the config in embed_dims" in err

@@ -218,6 +218,24 @@ def _load_base(config: str | None, dataset: str | None) -> tuple[dict[str, Any],
         raise UserError(f"cannot read config {config}: {msg}") from None
 
 
+# what a resumed run does not take from the recorded arguments: where to resume from and where to write (the run's
+# own folder), and the initial weights (the resumed checkpoint has them)
+_NOT_RESUMED = frozenset({"resume", "config", "config_label", "experiment", "output", "initial_checkpoint"})
+
+
+def _resumed_base(resume: str) -> tuple[dict[str, Any], str]:
+    """The recorded arguments of the run ``resume`` names (a checkpoint or a run folder), as the base config."""
+    from ..checkpoint import recorded_args
+    from .saver import load_resume
+
+    path, ck = load_resume(resume)
+    rec = recorded_args(ck)
+    if not rec:
+        raise UserError(f"--resume {path}: the checkpoint records no training arguments; repeat the run's flags "
+                        "(or pass -c CONFIG)")
+    return {k: v for k, v in rec.items() if k not in _NOT_RESUMED}, f"resumed run {path}"
+
+
 def ignored_key_warnings(cfg: dict[str, Any]) -> list[str]:
     """One warning line per config key the official train.py silently ignored."""
     lines = []
@@ -234,8 +252,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     pre = _Parser(add_help=False)
     pre.add_argument("-c", "--config")
     pre.add_argument("--dataset", "-d")
+    pre.add_argument("--resume")
     known, _ = pre.parse_known_args(argv)
-    cfg, label = _load_base(known.config, known.dataset)
+    # resuming without -c rebuilds the run from what it recorded; explicit flags still win (with a warning)
+    resumed = bool(known.resume) and known.config is None
+    cfg, label = _resumed_base(known.resume) if resumed else _load_base(known.config, known.dataset)
 
     parser = build_parser()
     parser.set_defaults(**cfg)  # the official mechanism: unknown keys land on the namespace unread
@@ -247,6 +268,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     official = official_defaults()
     for key in inert_keys({k: v for k, v in typed.items() if k in official and k not in cfg}):
         warnings.append(f"warning: option --{key.replace('_', '-')} has no effect, as in the official train.py")
+    if resumed:
+        for key, value in typed.items():
+            if key in cfg and cfg[key] != value:
+                warnings.append(f"warning: --{key.replace('_', '-')} {value!r} overrides the resumed run's recorded "
+                                f"{cfg[key]!r}")
     _validate(args)
     return args, warnings
 
