@@ -5,7 +5,9 @@ A crash or an error mid-write leaves the previous file (if any) untouched and no
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +23,43 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def temp_prefix(target: Path) -> str:
+    """The name prefix of this process's temporaries for ``target``: ``.<name>.<pid>.`` (the pid lets a later run tell
+    the leftovers of a killed run from the work of a live one)."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(target: Path) -> list[Path]:
+    """Remove the temporaries (files or folders) that killed runs left next to ``target`` (``.<name>.<pid>.*`` of a
+    process that no longer exists); those of live processes are left alone. Returns what was removed."""
+    parent = target.parent if str(target.parent) else Path(".")
+    removed = []
+    try:
+        candidates = list(parent.glob(f".{glob.escape(target.name)}.*"))
+    except OSError:
+        return removed
+    for p in candidates:
+        pid = p.name[len(target.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+        except OSError:
+            pass  # another process cleaned it up, or it is not ours to remove
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on error it is removed."""
@@ -28,7 +67,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     parent = target.parent if str(target.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+        sweep_stale(target)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=parent)
     except OSError as e:
         raise UserError(f"cannot write {target}: {e.strerror or e}; choose a writable output path") from None
     os.close(fd)

@@ -317,3 +317,29 @@ def test_signal_during_a_run_exits_with_one_line_and_leaves_nothing(sig, code, t
     assert proc.returncode == code, err
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pth.tar"]
+
+
+def test_temporaries_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
+    """A run killed with SIGKILL cannot clean up: the next write of the same output removes its temporaries (the pid
+    in their name is gone), never those of a live process, nor other files."""
+    import os
+    import subprocess
+    import sys
+
+    from sdt.atomic import write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    target = tmp_path / "report.json"
+    stale_file = tmp_path / f".report.json.{dead_pid}.abc123.tmp"
+    stale_dir = tmp_path / f".report.json.{dead_pid}.xyz"
+    live = tmp_path / f".report.json.{os.getppid()}.live.tmp"  # the test runner's parent: alive
+    other = tmp_path / ".report.json.notes"
+    stale_file.write_text("partial")
+    stale_dir.mkdir()
+    (stale_dir / "energy.json").write_text("{")
+    live.write_text("in progress")
+    other.write_text("not ours")
+    write_text(target, "{}\n")
+    assert target.read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])

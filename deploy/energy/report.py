@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdt.atomic import default_mode, write_text
+from sdt.atomic import default_mode, sweep_stale, temp_prefix, write_text
 from sdt.errors import UserError
 
 from .tiers import LABELS
@@ -283,7 +283,8 @@ def write_report(doc: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     parent = target.parent if str(target.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+        sweep_stale(target)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=parent))
     except OSError as e:
         raise UserError(f"cannot write {target}: {e.strerror or e}; choose a writable -o") from None
     try:
@@ -296,7 +297,7 @@ def write_report(doc: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
         write_text(tmp / "energy.html", render_html(doc, images))
         old = None
         if target.exists():  # move the earlier report aside; put it back if the swap fails
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(target) + "old.", dir=parent))
             os.replace(target, old / "report")
         try:
             os.replace(tmp, target)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..atomic import sweep_stale, temp_prefix
 from ..checkpoint import read_checkpoint, save_checkpoint
 
 LAST = "last.pth.tar"
@@ -26,7 +27,8 @@ _TOPK = re.compile(r"^checkpoint-(\d+)\.pth\.tar$")
 
 def duplicate(src: Path, dst: Path) -> None:
     """Atomically make ``dst`` a hard link to (or a copy of) ``src``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    sweep_stale(dst)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst), suffix=".tmp", dir=dst.parent)
     os.close(fd)
     os.unlink(tmp)
     try:
