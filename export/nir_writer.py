@@ -377,9 +377,15 @@ def write_nir(graph: Graph, path: str | os.PathLike, *, fold_bn: bool = False, d
         if engine == "nir":
             nir.write(tmp, ng)
         else:
-            with h5py.File(tmp, "w") as f:
+            # built in memory, then written with plain file I/O: HDF5 writing straight to a full disk floods stderr
+            # and can crash the interpreter (segfault measured on a full tmpfs); a plain write raises ENOSPC cleanly
+            with h5py.File(target.name, "w", driver="core", backing_store=False) as f:
                 f.create_dataset("version", data=nir.version, dtype=h5py.string_dtype())
                 _write_node(f.create_group("node"), ng)
+                f.flush()
+                image = f.id.get_file_image()
+            with open(tmp, "wb") as out:
+                out.write(image)
     return target
 
 

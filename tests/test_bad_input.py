@@ -343,3 +343,87 @@ def test_temporaries_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
     write_text(target, "{}\n")
     assert target.read_text() == "{}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
+
+
+# ------------------------------------------------------------------------------------------------------ disk full
+
+@pytest.fixture(params=["tmpfs", "simulated"])
+def full_disk(request, tmp_path):
+    """A real full disk (a 256 kB tmpfs, where this process may mount one, e.g. as root), or None: the test then
+    simulates ENOSPC in the writer's file object. The simulated case always runs."""
+    import subprocess
+
+    if request.param == "simulated":
+        yield None
+        return
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode
+    if ok != 0:
+        mnt.rmdir()
+        pytest.skip("cannot mount a tmpfs here (needs root); the simulated disk-full case runs instead")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+    mnt.rmdir()
+
+
+@pytest.mark.parametrize("fmt", ["nir", "onnx", "lava"])
+def test_disk_full_is_one_line_and_leaves_no_partial_file(fmt, full_disk, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    ckpt = _good(tmp_path)
+    big = tiny_model(0, **{**DIGITS, "embed_dims": 64, "num_heads": 4})  # ~0.5 MB of weights: more than the disk
+    save_checkpoint(ckpt, big, args={"dataset": "digits"})
+    if full_disk is not None:  # a real full disk, in a separate process (a crash would show as a signal)
+        root = Path(__file__).resolve().parents[1]
+        out = full_disk / f"m.{fmt}"
+        proc = subprocess.run([sys.executable, "-m", "toolchain.export_cli", str(ckpt), "--to", fmt, "-o", str(out)],
+                              cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+                              timeout=300)
+        rc, err = proc.returncode, proc.stderr
+        assert list(full_disk.iterdir()) == []
+    else:  # simulated: every write past the first 64 kB fails with ENOSPC
+        import builtins
+
+        real_open = builtins.open
+
+        class _Full:
+            def __init__(self, f):
+                self.f, self.n = f, 0
+
+            def write(self, b):
+                self.n += len(b)
+                if self.n > 1 << 16:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return self.f.write(b)
+
+            def __getattr__(self, k):
+                return getattr(self.f, k)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                return self.f.__exit__(*a)
+
+        def fake_open(file, mode="r", *a, **k):
+            f = real_open(file, mode, *a, **k)
+            ours = isinstance(file, (str, os.PathLike)) and str(file).startswith(str(tmp_path)) and \
+                str(file).endswith(".tmp")  # the writers' temporaries (nested ones included)
+            return _Full(f) if "w" in mode and ours else f
+
+        import io
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(io, "open", fake_open)  # zipfile opens through io.open
+        from toolchain.export_cli import main
+
+        rc = main([str(ckpt), "--to", fmt, "-o", str(tmp_path / f"m.{fmt}")])
+        err = capsys.readouterr().err
+        monkeypatch.undo()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pth.tar"], err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "No space left on device" in lines[0], err[-2000:]
