@@ -4,26 +4,23 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(s: str) -> int:
-    """An integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _int_at_least(minimum: int, what: str):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+
+    return parse
 
 
-def nonnegative_int(s: str) -> int:
-    """An integer >= 0."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+positive_int = _int_at_least(1, "a positive integer")
+positive_int.__doc__ = "An integer >= 1."
+nonnegative_int = _int_at_least(0, "an integer >= 0")
+nonnegative_int.__doc__ = "An integer >= 0."
 
 
 def boolean(text: str | bool) -> bool:

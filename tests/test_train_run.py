@@ -64,21 +64,27 @@ def test_torchrun_two_processes_keep_identical_weights(tmp_path):
     assert weight_digest(init) != digests[0]  # it trained
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, restore_torch_globals):
-    args = [*TINY, "--epochs", "3", "--recovery-interval", "2", "--output", str(tmp_path)]
-    assert runner.main([*args, "--experiment", "full"]) == 0
-
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen([*TRAIN, *args, "--experiment", "cut"], env=_env(), stdout=subprocess.DEVNULL,
+def _killed_run(args: list[str], cut: Path) -> Path:
+    """``train.py ARGS --experiment cut`` in a subprocess, killed with SIGKILL once training is under way (the first
+    mid-epoch recovery file exists); returns the run folder."""
+    proc = subprocess.Popen([*TRAIN, *args, "--experiment", cut.name], env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 180
-    while not (cut / RECOVERY).exists():  # the first mid-epoch recovery file: training is under way
+    while not (cut / RECOVERY).exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    return cut
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, restore_torch_globals):
+    args = [*TINY, "--epochs", "3", "--recovery-interval", "2", "--output", str(tmp_path)]
+    assert runner.main([*args, "--experiment", "full"]) == 0
+
+    cut = _killed_run(args, tmp_path / "cut")
     assert not (cut / LAST).exists() or read_checkpoint(cut / LAST)["epoch"] < 2  # killed before the end
 
     assert runner.main([*args, "--resume", str(cut)]) == 0
@@ -182,16 +188,7 @@ def test_resume_run_dir_alone_rebuilds_the_run_with_non_default_flags(tmp_path, 
     non-default: 8x8 input, 16 dims, 2 heads, T=2, limits, 3 epochs), bit-identical to an uninterrupted run."""
     args = [*TINY, "--epochs", "3", "--recovery-interval", "2", "--output", str(tmp_path)]
     assert runner.main([*args, "--experiment", "full"]) == 0
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen([*TRAIN, *args, "--experiment", "cut"], env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    while not (cut / RECOVERY).exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    cut = _killed_run(args, tmp_path / "cut")
     capsys.readouterr()
     assert runner.main(["--resume", str(cut)]) == 0
     full, resumed = _weights(tmp_path / "full" / LAST), _weights(cut / LAST)
