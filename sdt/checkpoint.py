@@ -31,36 +31,38 @@ EMA_WEIGHT_KEYS = ("state_dict_ema", "model_ema")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-def sniff(path: Path) -> str | None:
-    """What a file that is not a loadable checkpoint looks like (``'a NIR file (HDF5)'``, ``'an integer network
-    (.intnet.npz)'``, ``'an ONNX model'``, ``'a text file'``, ``'an empty file'``), or None if it may be a checkpoint."""
+# what file_kind can tell a file apart as, and how an error names it
+FILE_KINDS = {"empty": "an empty file", "nir": "a NIR file (HDF5)", "intnet": "an integer network (.intnet.npz)",
+              "onnx": "an ONNX model", "text": "a text file"}
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """A key of :data:`FILE_KINDS` for a file recognised by its first bytes (an integer network: a zip holding
+    ``netlist.json``), or None: possibly a checkpoint (a torch zip or legacy pickle), or unreadable / damaged."""
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
     except OSError:
         return None
     if not head:
-        return "an empty file"
+        return "empty"
     if head.startswith(_HDF5_MAGIC):
-        return "a NIR file (HDF5)"
+        return "nir"
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
+                return "intnet" if "netlist.json" in zf.namelist() else None
         except (zipfile.BadZipFile, OSError):
             return None  # a damaged zip: reported as corrupt by the loader
-        if "netlist.json" in names:
-            return "an integer network (.intnet.npz)"
-        return None
     if head[:1] == b"\x08" and head[2:3] == b"\x12":  # protobuf ModelProto: ir_version (1), producer_name (2)
-        return "an ONNX model"
+        return "onnx"
     if head[:1] == b"\x80":  # a legacy (non-zip) pickle: torch.load decides
         return None
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return "a text file"
+    return "text"
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -71,9 +73,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}; pass the path of a .pth/.pth.tar file")
-    kind = sniff(p)
+    kind = file_kind(p)
     if kind is not None:
-        raise CheckpointError(f"{p} is not a checkpoint: it is {kind}; pass the .pth/.pth.tar file the model was "
+        raise CheckpointError(f"{p} is not a checkpoint: it is {FILE_KINDS[kind]}; pass the .pth/.pth.tar file the model was "
                               "trained or exported from")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
@@ -203,5 +205,5 @@ def save_checkpoint(path: str | os.PathLike, model: SpikeDrivenTransformer, **ex
 
 
 __all__ = ["SAFE_GLOBALS", "read_checkpoint", "config_from_checkpoint", "clean_state_dict", "check_state_dict",
-           "load_checkpoint", "model_from_checkpoint", "recorded_args", "save_checkpoint", "check_finite", "sniff",
+           "load_checkpoint", "model_from_checkpoint", "recorded_args", "save_checkpoint", "check_finite", "file_kind", "FILE_KINDS",
            "MODEL_ARGS"]

@@ -289,6 +289,11 @@ def test_default_reports_of_a_checkpoint_and_its_network_do_not_collide(tmp_path
     assert main([str(ckpt), "--samples", "2", "--progress", "false", "--save-net", str(net)]) == 0
     assert main([str(net), "--samples", "2", "--progress", "false"]) == 0
     assert {"good.deploy-reference.json", "good.intnet.deploy-reference.json"} <= {p.name for p in tmp_path.iterdir()}
+    from toolchain.energy_cli import main as energy
+
+    for src in (ckpt, net):
+        assert energy([str(src), "--samples", "2", "--no-progress", "--data", "digits"]) == 0
+    assert {"good.energy", "good.intnet.energy"} <= {p.name for p in tmp_path.iterdir()}
 
 
 # ---------------------------------------------------------------------------------------------------- signals

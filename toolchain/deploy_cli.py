@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from deploy.agreement import BACKENDS
+from sdt.atomic import refuse_inputs, write_text
 from sdt.cli_types import boolean, positive_int
-from sdt.atomic import refuse_inputs
 from sdt.errors import ArgumentParser, UserError, cpu_cli
 
 from .quant_options import add_quant_args, quant_config
@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--float-input", default="original", choices=("original", "encoded"),
       help="what the float reference sees: the data as loaded, or what the integer input represents")
     a("--no-layers", action="store_true", help="skip per-layer spike agreement (faster)")
-    a("--output", "-o", help="JSON report (default: <input>.deploy-<backend>.json; <input>.intnet.deploy-<backend>.json for a "
-      "network file); never an input")
+    a("--output", "-o", help="JSON report (default: <input>.deploy-<backend>.json; <input>.intnet.deploy-<backend>.json "
+      "for a network file); never an input")
     a("--threads", type=positive_int, help="torch / executor threads")
     a("--progress", type=boolean, default=True, help="progress bar (true/false)")
     return p
@@ -141,8 +141,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     # default report names differ per input kind and backend: a checkpoint's and its network's reports never collide
     stem = src.name.split(".")[0] + (".intnet" if kind == INTNET else "")
     out = Path(args.output) if args.output else src.with_name(f"{stem}.deploy-{args.backend}.json")
-    from sdt.atomic import write_text
-
     write_text(out, json.dumps(report, indent=1, sort_keys=False) + "\n")
     agree = f"  top1 agreement {result['top1_agreement']:.2f}%" if graph is not None else ""
     ftop = f"  float top1 {result['float_top1']:.2f}" if result.get("float_top1") is not None else ""

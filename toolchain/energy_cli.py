@@ -58,7 +58,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     from .pipeline import INTNET, load
 
     ckpt_path = Path(args.checkpoint)
-    stem = ckpt_path.name.removesuffix(".intnet.npz").split(".pth")[0]
+    # default report names differ per input kind: a checkpoint's and its network's reports never collide
+    stem = ckpt_path.name.removesuffix(".npz") if ckpt_path.name.endswith(".intnet.npz") else \
+        ckpt_path.name.split(".pth")[0]
     out = Path(args.output) if args.output else ckpt_path.with_name(stem + ".energy")
     src = load(ckpt_path, args.data, use_ema=args.use_ema, strict=False)
     integer = args.integer or src.kind == INTNET

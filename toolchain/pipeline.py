@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,6 @@ from sdt.errors import UserError
 
 CHECKPOINT, INTNET = "checkpoint", "intnet"
 CALIB_SAMPLES = 64  # training-split inputs used to find the input grid (never the evaluated split)
-
-
-def is_intnet(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an integer network file (a zip holding ``netlist.json``)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return "netlist.json" in zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def normalization_of(dataset: str | None, strict: bool = True) -> tuple[dict[str, Any] | None, str | None]:
@@ -165,7 +155,9 @@ def load(source: Any, dataset: str | None = None, *, use_ema: bool = False, stri
         norm, name = normalization_of(dataset, strict)
         return Loaded(CHECKPOINT, None, name, norm, model=source.eval())
     path = Path(source)
-    if is_intnet(path):
+    from sdt.checkpoint import file_kind
+
+    if file_kind(path) == "intnet":
         from deploy.intnet import load as load_net
         from deploy.semantics import prove_no_overflow
 
@@ -184,5 +176,5 @@ def load(source: Any, dataset: str | None = None, *, use_ema: bool = False, stri
     return Loaded(CHECKPOINT, path, name, norm, model=model.eval(), recorded=rec)
 
 
-__all__ = ["load", "Loaded", "is_intnet", "grid_inputs", "normalization_of", "CHECKPOINT", "INTNET",
+__all__ = ["load", "Loaded", "grid_inputs", "normalization_of", "CHECKPOINT", "INTNET",
            "CALIB_SAMPLES"]
