@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--split", default="test", help="test/val or train")
     a("--samples", "-n", type=int, default=100, help="count the first N samples (0: all)")
     a("-b", "--batch-size", type=int, default=32)
-    a("-o", "--output", help="report folder (default: <checkpoint>.energy beside the checkpoint)")
+    a("-o", "--output", help="report folder (default: <checkpoint>.energy, <name>.intnet.energy for a network file, "
+      "beside the input)")
     a("--integer", action="store_true", help="count the spikes of the integer network (reference executor) instead "
       "of the float model: the network sdt-deploy runs, quantised with the same flags")
     a("--access-bits", type=int, choices=(64, 32), default=64,

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from deploy.quantize import QuantConfig
 from sdt.cli_types import positive_int
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from deploy.quantize import QuantConfig
-
-DEFAULTS = {"weight_terms": 2, "bias_synapse": False, "input_levels": None}
+# the flags' defaults are the quantiser's own (one place: deploy.quantize.QuantConfig)
+DEFAULTS = {k: getattr(QuantConfig, k) for k in ("weight_terms", "bias_synapse", "input_levels")}
 
 
 def input_levels(s: str) -> int | None:
@@ -43,8 +41,6 @@ def quant_options_set(args: argparse.Namespace) -> list[str]:
     return [f"--{k.replace('_', '-')}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
 
 
-def quant_config(args: argparse.Namespace) -> "QuantConfig":
-    """The :class:`~deploy.quantize.QuantConfig` that parsed flags (see :func:`add_quant_options`) describe."""
-    from deploy.quantize import QuantConfig
-
+def quant_config(args: argparse.Namespace) -> QuantConfig:
+    """The :class:`~deploy.quantize.QuantConfig` that parsed flags (see :func:`add_quant_args`) describe."""
     return QuantConfig(**{k: getattr(args, k) for k in DEFAULTS})
