@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 
-from deploy.quantize import QuantConfig
+from typing import TYPE_CHECKING
+
 from sdt.cli_types import positive_int
 
-# the flags' defaults are the quantiser's own (one place: deploy.quantize.QuantConfig)
-DEFAULTS = {k: getattr(QuantConfig, k) for k in ("weight_terms", "bias_synapse", "input_levels")}
+if TYPE_CHECKING:
+    from deploy.quantize import QuantConfig
+
+# QuantConfig's defaults; deploy.quantize is imported only when a network is quantised, so that a missing quantiser
+# is a one-line error of the command that needs it (tests/test_quant_options.py checks the two agree)
+DEFAULTS = {"weight_terms": 2, "bias_synapse": False, "input_levels": None}
 
 
 def input_levels(s: str) -> int | None:
@@ -41,6 +46,8 @@ def quant_options_set(args: argparse.Namespace) -> list[str]:
     return [f"--{k.replace('_', '-')}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
 
 
-def quant_config(args: argparse.Namespace) -> QuantConfig:
+def quant_config(args: argparse.Namespace) -> "QuantConfig":
     """The :class:`~deploy.quantize.QuantConfig` that parsed flags (see :func:`add_quant_args`) describe."""
+    from deploy.quantize import QuantConfig
+
     return QuantConfig(**{k: getattr(args, k) for k in DEFAULTS})
